@@ -1,0 +1,3 @@
+from mpk.cli import run
+
+run()

@@ -1,0 +1,81 @@
+"""The ``mpk`` command. Thin: parse, build a config, call one library function, render.
+
+Subcommands are lazy ``"module:attr"`` entries so ``mpk --help`` imports no
+torch, executorch or coremltools. Each subcommand module keeps its heavy
+imports inside the command function too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from mpk import __version__
+from mpk.errors import EXIT_CODES
+
+#: name -> (target, one-line help). Kept here so --help needs no imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "package": ("packager.cli:package", "Package a PyTorch model into verified ExecuTorch/ONNX/CoreML artifacts."),
+    "inspect": ("packager.cli:inspect_cmd", "Show IO spec, size, ops and delegation of an artifact or manifest."),
+    "backends": ("packager.cli:backends", "List backends and what each supports."),
+    "tune": ("packager.compress.cli:tune", "Search prune/quantize recipes under an accuracy floor."),
+    "bench": ("runners.cli:bench", "Benchmark a manifest's artifacts on the devices in devices.yaml."),
+    "devices": ("runners.cli:devices", "Validate devices.yaml and show which devices are reachable."),
+    "emulator": ("runners.cli:emulator", "Start, stop or list emulators and mpk's virtual Android device."),
+    "gate": ("runners.gate.cli:gate", "Pass or fail a results file against budgets and history."),
+    "history": ("runners.gate.cli:history", "Show the stored trend for a device and artifact."),
+    "report": ("runners.gate.cli:report", "Write JSON, Markdown, JUnit and HTML reports from a results file."),
+    "apps": ("runners.apps.cli:apps", "Build the on-device benchmark apps (Android, iOS)."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[cmd_name]
+        mod, _, attr = target.partition(":")
+        try:
+            cmd = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:  # a half-installed tree must say so, not crash
+            raise click.ClickException(f"command {cmd_name!r} is not available: {e}") from e
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201
+        name = args[0] if args else None
+        if name and not name.startswith("-") and name not in COMMANDS:
+            from mpk.registry import suggest
+
+            raise click.UsageError(suggest(name, list(COMMANDS), "command"))
+        return super().resolve_command(ctx, args)
+
+
+_EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+
+
+@click.group(cls=LazyGroup, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mpk")
+def main() -> None:
+    """mpk: package models for phones, benchmark them on devices, gate releases."""
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    try:
+        main(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

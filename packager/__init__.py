@@ -1,0 +1,1 @@
+"""Model -> artifacts: load, prune, quantize, export, verify, manifest."""

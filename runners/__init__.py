@@ -1,0 +1,1 @@
+"""Artifacts -> measurements -> verdict: devices, transports, runners, matrix, gate, reports."""
