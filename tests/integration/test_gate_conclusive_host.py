@@ -1,0 +1,45 @@
+"""``--until-conclusive`` through the real bench: the host runner re-measures a tiny ONNX model in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runners.devices import load_devices
+from runners.gate import run_gate
+from runners.gate.verdict import cell_samples
+from runners.matrix import run_matrix
+from runners.results import validate_results
+from tests.integration.bench_helpers import tiny_package
+
+DEVICES = """\
+version: 1
+defaults: {warmup_iterations: 2, min_iterations: 12, min_seconds: 0, max_seconds: 30, cooldown_s: 0, threads: 1}
+devices:
+  - {id: host, kind: host}
+budgets:
+"""
+
+
+def test_until_conclusive_remeasures_with_the_host_runner(tmp_path: Path) -> None:
+    manifest = tiny_package(tmp_path / "package")
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(DEVICES + "  - {device: host, p50_ms: 1000}\n")
+    doc = run_matrix(manifest, load_devices(devices), tmp_path / "bench", only_artifacts=["onnx-fp32"])
+    path = tmp_path / "bench" / "results.json"
+    (first,) = doc["cells"]
+    assert first["status"] == "ok", first["error"]
+    n0 = len(cell_samples(first))
+    # a budget in the middle of the measured p50 interval: inconclusive by construction
+    lo, hi = first["result"]["stats"]["p50_ci_ms"]
+    devices.write_text(DEVICES + f"  - {{device: host, p50_ms: {(lo + hi) / 2:.6f}}}\n")
+    assert run_gate(path, budgets=devices).exit_code == 3
+
+    log: list[str] = []
+    out = run_gate(path, budgets=devices, until_conclusive=True, max_rounds=2, time_cap_s=120, log=log.append)
+    (again,) = out.results["cells"]
+    assert len(cell_samples(again)) >= 3 * n0  # two rounds, each doubling
+    assert cell_samples(again)[:n0].tolist() == cell_samples(first).tolist()  # old samples kept, new appended
+    assert again["settings"] == first["settings"] and again["ran_on"] == "host"
+    assert any("round 1" in m for m in log) and out.exit_code in (0, 1, 3)
+    validate_results(json.loads(json.dumps(out.results)))
