@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Real protocol peers the tests drive: Debian's adb, PostgreSQL, Chromium.
+# Real peers the tests drive: Debian's adb, PostgreSQL, Chromium, and kotlinc
+# (compiles android_app's platform-independent Kotlin to check it against runners/stats.py).
 # Installed only when missing; needs root (CI runs as root).
 system-deps:
 	@missing=""; \
 	command -v adb >/dev/null || missing="$$missing adb"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v kotlinc >/dev/null || missing="$$missing kotlin"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -1,0 +1,56 @@
+package org.mpk.bench.runtime
+
+import ai.onnxruntime.OnnxTensor
+import ai.onnxruntime.OrtEnvironment
+import ai.onnxruntime.OrtSession
+import java.io.File
+import java.nio.FloatBuffer
+import java.nio.LongBuffer
+
+/**
+ * ONNX Runtime through com.microsoft.onnxruntime:onnxruntime-android, CPU execution provider.
+ *
+ * intra-op threads = the spec's threads and inter-op = 1, the same session options as the host runner,
+ * so a thread count means the same thing on both.
+ */
+class OrtRunner(file: File, threads: Int, specInputNames: List<String>) : ModelRunner {
+    private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
+    private val session: OrtSession
+    private val inputNames: List<String>
+
+    init {
+        val opts = OrtSession.SessionOptions()
+        opts.setIntraOpNumThreads(threads)
+        opts.setInterOpNumThreads(1)
+        session = env.createSession(file.absolutePath, opts)
+        // The manifest's names win when present; otherwise the model's own declared order.
+        inputNames = if (specInputNames.isNotEmpty()) specInputNames else session.inputNames.toList()
+    }
+
+    override fun run(inputs: List<InputTensor>): List<FloatArray> {
+        require(inputs.size == inputNames.size) { "model has ${inputNames.size} inputs, got ${inputs.size}" }
+        val tensors = inputs.map { t ->
+            if (t.longs != null) OnnxTensor.createTensor(env, LongBuffer.wrap(t.longs), t.shape)
+            else OnnxTensor.createTensor(env, FloatBuffer.wrap(t.floats!!), t.shape)
+        }
+        try {
+            session.run(inputNames.zip(tensors).toMap()).use { result ->
+                return (0 until result.size()).map { i ->
+                    val v = result.get(i) as OnnxTensor
+                    val fb = v.floatBuffer
+                    FloatArray(fb.remaining()).also { fb.get(it) }
+                }
+            }
+        } finally {
+            tensors.forEach { it.close() }
+        }
+    }
+
+    override fun close() {
+        session.close()
+    }
+
+    companion object {
+        fun version(): String = OrtEnvironment.getEnvironment().version
+    }
+}

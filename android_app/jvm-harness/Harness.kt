@@ -1,0 +1,87 @@
+// JVM-only harness: lets mpk's CI run the app's platform-independent contract code (org.mpk.bench.contract)
+// on this host with kotlinc, and compare it with runners/stats.py and the JSON Schemas.
+// Not part of the APK. Protocol: one JSON object on stdin {"requests": [...]}, one JSON list on stdout.
+package org.mpk.bench.harness
+
+import java.io.File
+import org.mpk.bench.contract.Accuracy
+import org.mpk.bench.contract.ArtifactOutcome
+import org.mpk.bench.contract.BenchmarkLoop
+import org.mpk.bench.contract.DeviceFacts
+import org.mpk.bench.contract.ErrorKind
+import org.mpk.bench.contract.Json
+import org.mpk.bench.contract.LatencyStats
+import org.mpk.bench.contract.MemoryReading
+import org.mpk.bench.contract.Spec
+import org.mpk.bench.contract.SpecException
+import org.mpk.bench.contract.TensorIO
+
+fun nums(v: Any?): DoubleArray = (v as List<*>).map { (it as Number).toDouble() }.toDoubleArray()
+
+fun floats3(v: Any?): List<List<FloatArray>> =
+    (v as List<*>).map { s -> (s as List<*>).map { o -> nums(o).map { it.toFloat() }.toFloatArray() } }
+
+fun handle(req: Map<*, *>): Any? = when (req["op"]) {
+    "stats" -> LatencyStats.fromSamples(nums(req["samples"])).toMap()
+    "accuracy" -> Accuracy.metrics(
+        floats3(req["pred"]), floats3(req["ref"]), req["task"] as String?,
+        (req["shape"] as List<*>).map { (it as Number).toLong() }
+    )
+    "loop" -> {
+        // A fake clock that advances a fixed step per reading makes the stopping rule deterministic.
+        var t = 0L
+        val step = (req["step_ns"] as Number).toLong()
+        val spec = Spec.parse(File(req["spec"] as String).readText(), File(req["spec"] as String).parentFile)
+        var calls = 0
+        val r = BenchmarkLoop.run(spec.settings, { t += step; t }) { calls++ }
+        linkedMapOf("calls" to calls, "iterations" to r.samplesMs.size, "warmup" to r.warmupIterations)
+    }
+    "spec" -> try {
+        val f = File(req["spec"] as String)
+        val spec = Spec.parse(f.readText(), f.parentFile)
+        linkedMapOf("run_id" to spec.runId, "artifacts" to spec.artifacts.map { it.id }, "problems" to emptyList<String>())
+    } catch (e: SpecException) {
+        linkedMapOf("problems" to e.problems)
+    }
+    "result" -> {
+        val f = File(req["spec"] as String)
+        val spec = Spec.parse(f.readText(), f.parentFile)
+        val ref = spec.reference!!
+        val refOut = ref.outputs.map { TensorIO.readSamples(spec.resolve(it.path), it, ref.samples) }
+        val perSample = List(ref.samples) { s -> refOut.map { it[s] } }
+        val acc = Accuracy.metrics(perSample, perSample, ref.task, ref.outputs[0].shape)
+        val facts = DeviceFacts(
+            "harness", "jvm", null, "x86_64", "android", "15", 8, "schedutil", listOf(1800000),
+            null, mapOf("cpu0" to 35.5), mapOf("cpu0" to 36.0), null
+        )
+        val outcomes = spec.artifacts.mapIndexed { i, a ->
+            if (i == 0) {
+                ArtifactOutcome(
+                    a, loadMs = 12.5, firstInferenceMs = 3.25, warmupIterations = spec.settings.warmupIterations,
+                    samplesMs = nums(req["samples"]), memory = MemoryReading(100.0, 140.5, 120.25, "/proc/self/status"),
+                    accuracy = acc
+                )
+            } else {
+                ArtifactOutcome(a, errorKind = ErrorKind.OOM, errorMessage = "OutOfMemoryError: harness")
+            }
+        }
+        org.mpk.bench.contract.ResultWriter.build(
+            spec, "android_app", "harness", mapOf("executorch" to "x"), false, facts,
+            "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.000Z", outcomes
+        )
+    }
+    else -> throw IllegalArgumentException("unknown op ${req["op"]}")
+}
+
+fun main(args: Array<String>) {
+    val input = generateSequence(::readLine).joinToString("\n")
+    val reqs = (Json.parse(input) as Map<*, *>)["requests"] as List<*>
+    val out = reqs.map { r ->
+        try {
+            handle(r as Map<*, *>)
+        } catch (e: Exception) {
+            mapOf("exception" to "${e.javaClass.simpleName}: ${e.message}")
+        }
+    }
+    println(Json.write(out))
+}

@@ -1,0 +1,225 @@
+"""Drive ONNX Runtime's ``onnxruntime_perf_test`` binary (onnxruntime/test/perftest).
+
+Command (flags from its usage text): ``-m times -r N`` fixed repetitions, ``-e cpu``,
+``-x T`` intra-op threads and ``-y 1`` inter-op (the host runner's session options),
+``-I`` generate input bindings (no test_data_set directory needed), ``-s`` print
+statistics, then ``model.onnx result_file``.
+
+What it prints (performance_runner.cc, ORT 1.1x-1.2x), parsed by
+:func:`parse_perf_test_stdout`::
+
+    Session creation time cost: 0.0213 s
+    First inference time cost: 3 ms
+    Total inference time cost: 0.152 s
+    Total inference requests: 100
+    Average inference time cost: 1.52 ms
+    Total inference run time: 0.153 s
+    Number of inferences per second: 653.6
+    Avg CPU usage: 97 %
+    Peak working set size: 41541632 bytes
+    Min Latency: 0.00141 s
+    ...
+    P50 Latency: 0.00149 s
+    P90 Latency: 0.00163 s
+
+Per-iteration samples: the stdout has only percentiles (nearest-rank, not mpk's
+linear interpolation), but ``PerformanceResult::DumpToFile`` writes one CSV row
+per run to the result file: ``model_name,seconds,peak_working_set,cpu_usage,run_index``.
+mpk reads those rows, so stats are real :class:`~runners.stats.LatencyStats`.
+If the result file cannot be read back, the result is honest about it:
+``samples_ms`` empty, ``stats: null`` and ``runner.runtimes.timing`` says
+"percentiles-only"; :class:`PerfTestSummary` keeps the printed numbers for
+Python callers.
+
+Warm-up: the tool always runs exactly one untimed inference (reported as
+``First inference time cost``, whole milliseconds); mpk runs
+``warmup_iterations + N`` timed repetitions and drops the first
+``warmup_iterations`` rows, so warm-up means what it means on the host runner.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpk.errors import DeviceError, RuntimeMissing
+from runners.devices import DeviceSpec
+from runners.drivers.base import Driver, Probe
+from runners.drivers.native_executorch import (
+    Exec,
+    NativeTimings,
+    Target,
+    artifact_result,
+    build_result,
+    open_target,
+    plan_iterations,
+    resolve_binary,
+)
+
+_NUM = r"([-+0-9.eE]+)"
+_FIELDS = {
+    "session_creation_s": rf"Session creation time cost:\s*{_NUM} s",
+    "first_inference_ms": rf"First inference time cost:\s*{_NUM} ms",
+    "total_inference_s": rf"Total inference time cost:\s*{_NUM} s",
+    "requests": rf"Total inference requests:\s*{_NUM}",
+    "average_ms": rf"Average inference time cost:\s*{_NUM} ms",
+    "peak_working_set_bytes": rf"Peak working set size:\s*{_NUM} bytes",
+    "min_s": rf"Min Latency:\s*{_NUM} s",
+    "max_s": rf"Max Latency:\s*{_NUM} s",
+    "p50_s": rf"P50 Latency:\s*{_NUM} s",
+    "p90_s": rf"P90 Latency:\s*{_NUM} s",
+    "p95_s": rf"P95 Latency:\s*{_NUM} s",
+    "p99_s": rf"P99 Latency:\s*{_NUM} s",
+    "p999_s": rf"P999 Latency:\s*{_NUM} s",
+}
+_ROW = re.compile(r"^(.*),([-+0-9.eE]+),(\d+),([-+0-9.eE]+),(\d+)\s*$")
+
+
+@dataclass
+class PerfTestSummary:
+    """The numbers onnxruntime_perf_test printed; any may be None when its version does not print it."""
+
+    session_creation_s: float | None = None
+    first_inference_ms: float | None = None
+    total_inference_s: float | None = None
+    requests: int | None = None
+    average_ms: float | None = None
+    peak_working_set_bytes: int | None = None
+    percentiles_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.average_ms is not None or self.requests is not None
+
+
+def parse_perf_test_stdout(text: str) -> PerfTestSummary:
+    """Parse the summary lines (see the module docstring)."""
+    found: dict[str, float] = {}
+    for key, pat in _FIELDS.items():
+        m = re.search(pat, text)
+        if m:
+            try:
+                found[key] = float(m.group(1))
+            except ValueError:
+                continue
+    pct = {k[:-2]: v for k, v in found.items() if k in ("min_s", "max_s", "p50_s", "p90_s", "p95_s", "p99_s", "p999_s")}
+    req, peak = found.get("requests"), found.get("peak_working_set_bytes")
+    return PerfTestSummary(
+        session_creation_s=found.get("session_creation_s"),
+        first_inference_ms=found.get("first_inference_ms"),
+        total_inference_s=found.get("total_inference_s"),
+        requests=int(req) if req is not None else None,
+        average_ms=found.get("average_ms"),
+        peak_working_set_bytes=int(peak) if peak is not None else None,
+        percentiles_s=pct,
+    )
+
+
+def parse_perf_test_result_file(text: str) -> list[float]:
+    """Per-run latencies in ms, in run order, from the result file's CSV rows (statistics lines ignored)."""
+    rows: list[tuple[int, float]] = []
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if m:
+            rows.append((int(m.group(5)), float(m.group(2)) * 1000.0))
+    return [ms for _, ms in sorted(rows)]
+
+
+def perf_test_argv(binary: str, model: str, result_file: str, *, repetitions: int, threads: int | None) -> list[str]:
+    argv = [binary, "-m", "times", "-r", str(repetitions), "-e", "cpu", "-I", "-s"]
+    if threads:
+        argv += ["-x", str(threads), "-y", "1"]
+    return [*argv, model, result_file]
+
+
+def timings_from_perf_test(summary: PerfTestSummary, rows_ms: list[float], warmup: int) -> NativeTimings:
+    t = NativeTimings(
+        load_ms=summary.session_creation_s * 1000.0 if summary.session_creation_s is not None else None,
+        first_inference_ms=summary.first_inference_ms,
+        warmup_iterations=warmup,
+        peak_rss_bytes=summary.peak_working_set_bytes,
+    )
+    if rows_ms:
+        t.samples_ms = rows_ms[warmup:]
+    else:
+        t.aggregate_iterations = max(0, (summary.requests or 0) - warmup)
+        t.aggregate_mean_ms = summary.average_ms
+    return t
+
+
+class OrtPerfTestDriver(Driver):
+    """devices.yaml ``runner: onnxruntime_perf_test``: ORT's own C++ benchmark, no app in between."""
+
+    name = "onnxruntime_perf_test"
+    backends = ("onnx",)
+    env_var = "MPK_ONNXRUNTIME_PERF_TEST"
+
+    def probe(self, device: DeviceSpec) -> Probe:
+        try:
+            target = open_target(device, "probe")
+            try:
+                where = resolve_binary(target, self.env_var, "onnxruntime_perf_test")
+                return Probe(True, f"onnxruntime_perf_test at {where}")
+            finally:
+                target.close()
+        except (RuntimeMissing, DeviceError) as e:
+            return Probe(False, e.format_message())
+
+    def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
+        from runners.contract import validate_result
+        from runners.host_runner import utc_now
+
+        started = utc_now()
+        target = open_target(device, spec["run_id"])
+        try:
+            binary = resolve_binary(target, self.env_var, "onnxruntime_perf_test")
+            facts = target.facts()
+            arts, percentiles_only = [], False
+            for art in spec["artifacts"]:
+                if art["backend"] != "onnx":
+                    arts.append(artifact_result(art, None, ("unsupported", "onnxruntime_perf_test runs .onnx only")))
+                    continue
+                for extra in art.get("extra_files") or []:  # external weights must sit next to the model
+                    target.stage(Path(spec_dir) / extra, extra)
+                model = target.stage(Path(spec_dir) / art["path"], art["path"])
+                (timings, err), agg = self._measure(target, binary, model, spec["settings"], timeout_s)
+                percentiles_only |= agg
+                arts.append(artifact_result(art, timings, err))
+        finally:
+            target.close()
+        runtimes = {"onnxruntime_perf_test": binary}
+        if percentiles_only:
+            runtimes["timing"] = "percentiles-only: the per-run result file could not be read back"
+        result = build_result(spec, device, self.name, runtimes, facts, started, arts)
+        return validate_result(result, what=f"onnxruntime_perf_test result for {device.id}")
+
+    def _measure(
+        self, target: Target, binary: str, model: str, s: dict, timeout_s: float
+    ) -> tuple[tuple[NativeTimings | None, tuple[str, str] | None], bool]:
+        warmup = int(s["warmup_iterations"])
+        cwd = str(Path(model).parent)
+        result_file = f"{cwd}/{Path(model).stem}.perf_test.csv"
+        affinity = tuple(s["cpu_affinity"]) if s.get("cpu_affinity") else None
+
+        def once(n: int) -> tuple[PerfTestSummary, list[float], Exec]:
+            target.execute(["rm", "-f", result_file], cwd=cwd, timeout=30)  # the tool appends to it
+            argv = perf_test_argv(binary, model, result_file, repetitions=warmup + n, threads=s.get("threads"))
+            ex = target.execute(argv, cwd=cwd, timeout=timeout_s, affinity=affinity)
+            rows = parse_perf_test_result_file(target.read_text(result_file) or "")
+            return parse_perf_test_stdout(ex.text), rows, ex
+
+        summary, rows, ex = once(int(s["min_iterations"]))
+        if ex.exit_code != 0 or not summary.ok:
+            kind = "timeout" if ex.exit_code == 124 else ("load" if summary.session_creation_s is None else "inference")
+            tail = " ".join(ex.text.strip().splitlines()[-3:])[-600:]
+            return (None, (kind, f"onnxruntime_perf_test exited {ex.exit_code}: {tail}")), False
+        t = timings_from_perf_test(summary, rows, warmup)
+        mean = (sum(t.samples_ms) / len(t.samples_ms)) if t.samples_ms else t.aggregate_mean_ms
+        n = plan_iterations(s, mean)
+        if n > int(s["min_iterations"]):
+            summary2, rows2, ex2 = once(n)
+            if ex2.exit_code == 0 and summary2.ok:
+                t = timings_from_perf_test(summary2, rows2, warmup)
+        return (t, None), not t.samples_ms
