@@ -18,7 +18,8 @@ from pathlib import Path
 
 from mpk.errors import DeviceError, DeviceNotFound, DeviceTimeout, DeviceUnauthorized, InfraError
 from runners.transport import sync_client
-from runners.transport.base import ShellResult, TransientError, Transport, retry, split_exit_status, wrap_exit_status
+from runners.transport.base import ShellResult, TransientError, Transport, split_exit_status, wrap_exit_status
+from runners.transport.base import retry as _retry
 
 DEFAULT_PORT = 5037
 
@@ -177,9 +178,11 @@ class AdbServerTransport(Transport):
                 raise _device_error(self.serial, e.message) from None
         return self._features
 
-    def shell(self, cmd: str, *, timeout: float = 60) -> ShellResult:
+    def shell(self, cmd: str, *, timeout: float = 60, retry: bool = True) -> ShellResult:
         v2 = "shell_v2" in self.features
-        return retry(lambda: self._shell_once(cmd, timeout, v2), serial=self.serial, what=f"shell {cmd[:60]!r}")
+        if not retry:
+            return self._shell_once(cmd, timeout, v2)
+        return _retry(lambda: self._shell_once(cmd, timeout, v2), serial=self.serial, what=f"shell {cmd[:60]!r}")
 
     def _shell_once(self, cmd: str, timeout: float, v2: bool) -> ShellResult:
         service = f"shell,v2,raw:{cmd}" if v2 else f"shell:{wrap_exit_status(cmd)}"

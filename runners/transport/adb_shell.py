@@ -99,13 +99,21 @@ class AdbShellTransport(Transport):
         self._device()
         return self
 
-    def shell(self, cmd: str, *, timeout: float = 60) -> ShellResult:
+    def shell(self, cmd: str, *, timeout: float = 60, retry: bool = True) -> ShellResult:
         from adb_shell import exceptions as ex
 
         def once() -> ShellResult:
             dev = self._device()
             try:
-                raw = dev.shell(wrap_exit_status(cmd), read_timeout_s=timeout, timeout_s=timeout, decode=False)
+                # transport_timeout_s bounds every socket read; without it adb-shell uses the 10 s connect
+                # timeout, and a long `am start -W` (a whole benchmark) looks like a dead connection.
+                raw = dev.shell(
+                    wrap_exit_status(cmd),
+                    transport_timeout_s=timeout,
+                    read_timeout_s=timeout,
+                    timeout_s=timeout,
+                    decode=False,
+                )
             except (ex.AdbTimeoutError, TimeoutError) as e:
                 self._drop()
                 raise DeviceTimeout(self.serial, f"shell {cmd!r} took longer than {timeout:.0f}s") from e
@@ -115,9 +123,11 @@ class AdbShellTransport(Transport):
             code, out = split_exit_status(raw.decode("utf-8", "replace"))
             return ShellResult(code, out, "")
 
-        from runners.transport.base import retry
+        from runners.transport.base import retry as _retry
 
-        return retry(once, serial=self.serial, what=f"shell {cmd[:60]!r}")
+        if not retry:
+            return once()
+        return _retry(once, serial=self.serial, what=f"shell {cmd[:60]!r}")
 
     def _push_raw(self, local: Path, remote: str, *, timeout: float) -> None:
         from adb_shell import exceptions as ex

@@ -78,8 +78,12 @@ class Transport(abc.ABC):
     serial: str
 
     @abc.abstractmethod
-    def shell(self, cmd: str, *, timeout: float = 60) -> ShellResult:
-        """Run ``cmd`` in the device's shell; exit status, stdout and stderr come back separately when possible."""
+    def shell(self, cmd: str, *, timeout: float = 60, retry: bool = True) -> ShellResult:
+        """Run ``cmd`` in the device's shell; exit status, stdout and stderr come back separately when possible.
+
+        ``retry=False`` for commands that must not run twice (``am start`` of a whole benchmark): a
+        dropped connection then fails instead of starting the benchmark again.
+        """
 
     @abc.abstractmethod
     def _push_raw(self, local: Path, remote: str, *, timeout: float) -> None:

@@ -32,7 +32,7 @@ class LocalTransport(Transport):
             raise DeviceError(self.serial, f"path {remote!r} is outside the local device root {root}")
         return host
 
-    def shell(self, cmd: str, *, timeout: float = 60) -> ShellResult:
+    def shell(self, cmd: str, *, timeout: float = 60, retry: bool = True) -> ShellResult:
         try:
             p = subprocess.run(
                 cmd, shell=True, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False

@@ -1,0 +1,113 @@
+"""Runner spec/result and results.json validation: a bad field is named by its path."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mpk.errors import SchemaError
+from runners.contract import load_spec, schema_problems, validate_result
+from runners.host_runner import accuracy_metrics
+from runners.results import cell_key, iter_cells, load_results, validate_results, write_results
+from runners.stats import LatencyStats
+
+SPEC = {
+    "schema_version": "mpk.runner-spec/1", "run_id": "r1", "device_id": "host",
+    "settings": {"threads": 1, "warmup_iterations": 1, "min_iterations": 2, "min_seconds": 0},
+    "artifacts": [{"id": "a", "backend": "onnx", "scheme": "fp32", "path": "a.onnx", "sha256": "0" * 64}],
+}  # fmt: skip
+FACTS = {"model": "m", "os": "linux", "abi": "x86_64", "cores": 2}
+
+
+def _result() -> dict:
+    samples = [1.0, 2.0, 3.0]
+    art = {"id": "a", "backend": "onnx", "scheme": "fp32", "status": "ok", "error": None, "samples_ms": samples,
+           "iterations": 3, "stats": LatencyStats.from_samples(samples).to_dict()}  # fmt: skip
+    return {"schema_version": "mpk.runner-result/1", "run_id": "r1", "device_id": "host",
+            "runner": {"name": "host", "version": "0.1.0"}, "emulated": False, "device": dict(FACTS),
+            "settings": SPEC["settings"], "started_utc": "t0", "finished_utc": "t1", "artifacts": [art]}  # fmt: skip
+
+
+def _results() -> dict:
+    r = _result()
+    cell = {"device_id": "host", "ran_on": "host", "emulated": False, "artifact_id": "a", "backend": "onnx",
+            "scheme": "fp32", "status": "ok", "error": None, "device": r["device"], "settings": r["settings"],
+            "runner": r["runner"], "result": r["artifacts"][0]}  # fmt: skip
+    return {"schema_version": "mpk.results/1", "run_id": "x", "created_utc": "t", "devices_file": None,
+            "manifest": {"path": "m.json", "sha256": "a" * 64, "model": {}}, "config": {},
+            "environment": {"mpk_version": "0.1.0", "python": "3", "platform": "p", "git_revision": None,
+                            "libraries": {}}, "cells": [cell]}  # fmt: skip
+
+
+def test_spec_errors_name_the_field(tmp_path: Path) -> None:
+    bad = copy.deepcopy(SPEC)
+    bad["artifacts"][0]["sha256"] = "xyz"
+    bad["settings"]["threads"] = 0
+    del bad["run_id"]
+    p = tmp_path / "spec.json"
+    p.write_text(json.dumps(bad))
+    with pytest.raises(SchemaError) as ei:
+        load_spec(p)
+    msg = ei.value.message
+    assert "artifacts[0].sha256: 'xyz' does not match" in msg
+    assert "settings.threads: 0 is less than the minimum of 1" in msg
+    assert "<root>: 'run_id' is a required property" in msg
+    p.write_text(json.dumps(SPEC))
+    assert load_spec(p)["run_id"] == "r1"
+
+
+def test_result_errors_name_the_field() -> None:
+    r = _result()
+    validate_result(r)
+    r["artifacts"][0]["error"] = {"kind": "segfault", "message": "x"}
+    r["device"]["cores"] = "two"
+    problems = schema_problems(r, "runner_result")
+    assert any(p.startswith("artifacts[0].error.kind:") for p in problems)
+    assert any(p.startswith("device.cores:") for p in problems)
+
+
+def test_results_roundtrip_and_helpers(tmp_path: Path) -> None:
+    doc = _results()
+    path = write_results(tmp_path / "out" / "results.json", doc)
+    assert load_results(path) == doc
+    assert [cell_key(c) for c in iter_cells(doc, status="ok")] == [("host", "a")]
+    assert list(iter_cells(doc, status="error")) == []
+    doc["cells"][0]["status"] = "fine"
+    with pytest.raises(SchemaError, match=r"cells\[0\]\.status: 'fine' is not one of"):
+        validate_results(doc)
+    with pytest.raises(SchemaError):  # an invalid doc is never written over a valid one
+        write_results(path, doc)
+    assert load_results(path)["cells"][0]["status"] == "ok"
+
+
+def test_accuracy_metrics() -> None:
+    ref = [[np.array([[0.1, 0.9, 0.0]])], [np.array([[0.8, 0.1, 0.1]])]]
+    same = accuracy_metrics(ref, ref, task="classification")
+    assert same == {"samples": 2, "max_abs_error": 0.0, "cosine": 1.0, "snr_db": 200.0, "top1_agreement": 1.0}
+    flipped = [[np.array([[0.1, 0.9, 0.0]])], [np.array([[0.1, 0.8, 0.1]])]]
+    m = accuracy_metrics(flipped, ref)
+    assert m["top1_agreement"] == 0.5 and m["max_abs_error"] == pytest.approx(0.7) and m["cosine"] < 1.0
+    assert accuracy_metrics(ref, ref, task="other")["top1_agreement"] is None
+
+
+def test_cli_help_and_devices_command(repo_root: Path, tmp_path: Path) -> None:
+    from mpk.cli import main
+
+    runner = CliRunner()
+    for cmd in ("bench", "devices"):
+        r = runner.invoke(main, [cmd, "--help"])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["devices", "--devices", str(repo_root / "devices.yaml"), "--no-probe"])
+    assert r.exit_code == 0, r.output
+    assert "pixel-7" in r.output and "virtual-android" in r.output
+    bad = tmp_path / "d.yaml"
+    bad.write_text("version: 1\ndevices:\n  - {id: h, kind: hots, threads: 0}\n")
+    r = runner.invoke(main, ["devices", "--devices", str(bad)])
+    assert r.exit_code == 2
+    assert "devices[0].kind: unknown device kind 'hots'" in r.output
+    assert "devices[0].threads: expected an integer >= 1, got 0" in r.output
