@@ -172,3 +172,39 @@ def test_stop_and_restart_port_is_free(tmp_path: Path, keys: tuple[Path, Path]) 
     time.sleep(0.05)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+SLOW_RUNNER = r"""
+import json, sys, time
+a = sys.argv[1:]
+spec, out = a[a.index("--spec") + 1], a[a.index("--out") + 1]
+with open(spec + ".count", "a") as f:  # one line per start: proves am start ran exactly once
+    f.write("x\n")
+time.sleep(3.0)
+json.dump({"run_id": json.load(open(spec))["run_id"]}, open(out, "w"))
+"""
+
+
+def test_long_am_start_outlives_connect_timeout_and_runs_once(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """A benchmark (am start -W) takes longer than the transport's connect timeout. The shell must wait for it
+    (regression: socket reads used the 1 s connect timeout) and must not start it again on a hiccup."""
+    runner = tmp_path / "slow_runner.py"
+    runner.write_text(SLOW_RUNNER)
+    with VirtualDevice(tmp_path / "dev", runner_cmd=[sys.executable, str(runner)]) as v:
+        v.authorize(public_key_line(keys[0]))
+        tr = AdbShellTransport(v.serial, key_path=keys[0], connect_timeout=1.0)
+        try:
+            assert tr.shell("mkdir -p /data/local/tmp/mpk/slow").exit_code == 0
+            spec = tmp_path / "spec.json"
+            spec.write_text(json.dumps({"run_id": "slow"}))
+            tr.push(spec, "/data/local/tmp/mpk/slow/spec.json")
+            r = tr.shell(
+                "am start -W -n org.mpk.bench/.BenchmarkActivity --es spec /data/local/tmp/mpk/slow/spec.json",
+                timeout=30,
+                retry=False,
+            )
+            assert r.exit_code == 0, r.stdout
+            assert tr.shell("run-as org.mpk.bench cat files/mpk/slow/DONE").stdout.strip() == "ok"
+            assert tr.shell("cat /data/local/tmp/mpk/slow/spec.json.count").stdout.count("x") == 1
+        finally:
+            tr.close()
