@@ -45,3 +45,106 @@ class Exporter(abc.ABC):
 
     def can_run_on_host(self) -> bool:
         return True
+
+
+# --- helpers shared by the exporters (torch imported lazily, inside each function) ---------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks so a 100 MB artifact does not sit in memory twice."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dynamic_shapes(model: LoadedModel) -> tuple[dict[int, object], ...] | None:
+    """``torch.export`` dynamic_shapes built from the TensorSpecs, or None when every dim is static.
+
+    A spec ``TensorSpec("x", ("batch", 3, 32, 32), dynamic={"batch": (1, 8)})`` becomes
+    ``({0: Dim("batch", min=1, max=8)},)``; the same name on two inputs is one shared Dim.
+    """
+    if not any(isinstance(d, str) for spec in model.inputs for d in spec.shape):
+        return None
+    import torch
+
+    dims: dict[str, object] = {}
+    out: list[dict[int, object]] = []
+    for spec in model.inputs:
+        axes: dict[int, object] = {}
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str):
+                if d not in dims:
+                    lo, hi = spec.dynamic.get(d, (1, 1 << 16))
+                    dims[d] = torch.export.Dim(d, min=lo, max=hi)
+                axes[axis] = dims[d]
+        out.append(axes)
+    return tuple(out)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One or two lines naming what failed, from a torch.export / lowering exception.
+
+    Their messages run to pages; the useful parts are the operator (``aten.nonzero.default``) and the
+    user's source line (``model.py:12 in forward``). We pull those out when present, else the first line.
+    """
+    import re
+
+    text = str(exc) or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    head = lines[0] if lines else type(exc).__name__
+    if len(head) > 300:
+        head = head[:297] + "..."
+    parts = [f"{type(exc).__name__}: {head}"]
+    op = re.search(r"\b(aten|quantized_decomposed|torchao|prims|edge)\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", text)
+    if op and op.group(0) not in head:
+        parts.append(f"operator {op.group(0)}")
+    where = _user_frame(text, exc)
+    if where:
+        parts.append(where)
+    return "; ".join(parts)
+
+
+def _is_library(file: str) -> bool:
+    return "site-packages" in file or "/torch/" in file or "/packager/" in file or file.startswith(("<", "_export/"))
+
+
+def _user_frame(text: str, exc: BaseException) -> str | None:
+    """``at model.py:12 in forward: if x.sum() > 0:``: the user's line that torch quotes, else the innermost
+    traceback frame outside torch and mpk."""
+    import re
+    import traceback
+
+    for m in re.finditer(r'File "([^"]+\.py)", line (\d+), in (\w+)\n\s*(.*)', text):
+        if not _is_library(m.group(1)):
+            code = f": {m.group(4).strip()}" if m.group(4).strip() else ""
+            return f"at {Path(m.group(1)).name}:{m.group(2)} in {m.group(3)}{code}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_library(f.filename)]
+    if frames:
+        f = frames[-1]
+        return f"at {Path(f.filename).name}:{f.lineno} in {f.name}: {(f.line or '').strip()}".rstrip(": ")
+    return None
+
+
+def capture(model: LoadedModel, backend: str):
+    """``torch.export`` the model (or reuse the ExportedProgram it came with). ExportError on failure."""
+    import torch
+
+    from mpk.errors import ExportError
+
+    if model.exported_program is not None:
+        return model.exported_program
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                model.module.eval(), tuple(model.example_inputs), dynamic_shapes=dynamic_shapes(model), strict=False
+            )
+    except Exception as e:  # torch.export raises many types; all mean "this model cannot be captured"
+        raise ExportError(
+            backend,
+            f"torch.export could not capture {model.name!r}: {describe_failure(e)}",
+            hint="data-dependent Python control flow (if x.sum() > 0) cannot be captured; use torch.cond/torch.where",
+        ) from e

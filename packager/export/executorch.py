@@ -1,0 +1,187 @@
+"""ExecuTorch exporter: torch.export -> (PT2E int8) -> edge -> XNNPACK delegate -> ``.pte``.
+
+An operator XNNPACK cannot take is not an error: it stays in the graph and runs
+on ExecuTorch's portable kernels, which is slow on a phone. We record it in
+``delegation["undelegated"]`` so the manifest (and a reviewer) sees it. A failure
+to capture or lower the model is an error, and names the operator when the
+exception lets us.
+"""
+
+from __future__ import annotations
+
+import collections
+import operator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpk.errors import DataError, ExportError, UsageError
+from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes
+from packager.export.capabilities import check_combination
+from packager.types import Dataset, ExportedArtifact, LoadedModel
+
+#: graph nodes that move data around but compute nothing; left out of the op counts
+_BOOKKEEPING = {"getitem"}
+
+
+def _op_name(target: Any) -> str:
+    """``aten.convolution.default`` style name for a call_function target (aten and edge ops alike)."""
+    if target is operator.getitem:
+        return "getitem"
+    op = getattr(target, "_op", target)  # edge ops wrap an OpOverload in ``_op``
+    name = getattr(op, "name", None)
+    if callable(name):
+        try:
+            return str(name()).replace("::", ".")
+        except Exception:  # an odd target without a schema; the generic spelling below will do
+            pass
+    return getattr(target, "__name__", None) or str(target)
+
+
+def _is_delegate_call(node: Any) -> bool:
+    return node.op == "call_function" and "executorch_call_delegate" in str(node.target)
+
+
+def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """Count ops inside delegate blobs vs ops left on portable kernels, from a lowered edge program.
+
+    Returns (delegation, op_summary). ``fraction = delegated_ops / total_ops``; e.g. 40 convs
+    delegated and one ``aten.nonzero`` left outside gives 40/41 = 0.976.
+    """
+    gm = edge_program.graph_module
+    delegated: collections.Counter[str] = collections.Counter()
+    undelegated: collections.Counter[str] = collections.Counter()
+    backends: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if _is_delegate_call(node):
+            lowered = getattr(gm, node.args[0].target)
+            backends.add(lowered.backend_id)
+            for inner in lowered.original_module.graph_module.graph.nodes:
+                if inner.op == "call_function":
+                    name = _op_name(inner.target)
+                    if name not in _BOOKKEEPING:
+                        delegated[name] += 1
+            continue
+        name = _op_name(node.target)
+        if name not in _BOOKKEEPING:
+            undelegated[name] += 1
+    n_del, n_und = sum(delegated.values()), sum(undelegated.values())
+    total = n_del + n_und
+    delegation = {
+        "delegate": ",".join(sorted(backends)) or None,
+        "delegated_ops": n_del,
+        "total_ops": total,
+        "fraction": round(n_del / total, 4) if total else 0.0,
+        "undelegated": dict(sorted(undelegated.items())),
+    }
+    return delegation, dict(sorted((delegated + undelegated).items()))
+
+
+def _quantize_pt2e(model: LoadedModel, ep: Any, scheme: str, calibration: Dataset | None) -> Any:
+    """PT2E: prepare with XNNPACKQuantizer, calibrate (static only), convert, re-export."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    dynamic = scheme == "int8-dynamic"
+    if not dynamic and (calibration is None or len(calibration) == 0):
+        raise DataError("executorch int8 needs calibration samples (static activation ranges); none were given")
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    )
+    try:
+        prepared = prepare_pt2e(ep.module(), quantizer)
+        with torch.no_grad():
+            # dynamic schemes need one pass to materialise observers; static ones need the calibration set
+            samples = calibration.samples if calibration is not None and len(calibration) else [model.example_inputs]
+            for sample in samples:
+                prepared(*(torch.as_tensor(np.asarray(a)) for a in sample))
+            converted = convert_pt2e(prepared)
+            return torch.export.export(
+                converted, tuple(model.example_inputs), dynamic_shapes=dynamic_shapes(model), strict=False
+            )
+    except (DataError, UsageError):
+        raise
+    except Exception as e:
+        raise ExportError("executorch", f"{scheme} quantization failed: {describe_failure(e)}") from e
+
+
+class ExecuTorchExporter(Exporter):
+    name = "executorch"
+    suffix = ".pte"
+
+    def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
+        check_combination(self.name, scheme)
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        ep = capture(model, self.name)
+        if scheme in ("int8", "int8-dynamic"):
+            ep = _quantize_pt2e(model, ep, scheme, calibration)
+        try:
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        except Exception as e:
+            raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
+        delegation, ops = delegation_summary(edge.exported_program())
+        try:
+            program = edge.to_executorch()
+        except Exception as e:
+            raise ExportError(self.name, f"to_executorch failed: {describe_failure(e)}") from e
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{model.name}-{scheme}{self.suffix}"
+        path.write_bytes(program.buffer)
+        details: dict[str, Any] = {"partitioner": "XnnpackPartitioner"}
+        if scheme != "fp32":
+            details["quantizer"] = {
+                "name": "XNNPACKQuantizer",
+                "per_channel": True,
+                "dynamic": scheme == "int8-dynamic",
+                "calibration_samples": len(calibration) if calibration is not None and scheme == "int8" else 0,
+            }
+        return ExportedArtifact(
+            backend=self.name,
+            scheme=scheme,
+            path=path,
+            inputs=list(model.inputs),
+            outputs=list(model.outputs),
+            delegation=delegation,
+            op_summary=ops,
+            details=details,
+        )
+
+    def open(self, path: Path, *, threads: int | None = None) -> HostSession:
+        return ExecuTorchSession(path, threads=threads)
+
+
+class ExecuTorchSession:
+    """A ``.pte`` loaded into the ExecuTorch Python runtime (portable kernels + XNNPACK)."""
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        from executorch.runtime import Runtime
+
+        if threads:
+            # XNNPACK's threadpool is process-wide; the pybinding exposes only this reset. Best effort.
+            try:
+                from executorch.extension.pybindings import portable_lib
+
+                portable_lib._unsafe_reset_threadpool(int(threads))
+            except Exception:  # older builds lack the hook; the thread count is advisory, not a contract
+                pass
+        try:
+            program = Runtime.get().load_program(Path(path))
+            self._method = program.load_method("forward")
+        except Exception as e:
+            raise UsageError(f"{path}: not a loadable ExecuTorch program ({type(e).__name__}: {e})") from e
+        self._program = program  # the method borrows from it
+
+    def run(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        import torch
+
+        outs = self._method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+        return [o.detach().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in outs]

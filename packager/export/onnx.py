@@ -1,0 +1,200 @@
+"""ONNX exporter: torch.export -> torch.onnx (dynamo) -> one self-contained ``.onnx``; int8 via onnxruntime.
+
+Why one file: a phone app ships one asset, and a ``.onnx`` whose weights sit in
+a side ``.onnx.data`` breaks the moment someone copies only the first file.
+Protobuf caps a single file at 2 GB, so only models past that keep external data.
+
+int8 uses onnxruntime's static QDQ quantizer: per-channel int8 weights and
+uint8 (asymmetric) activations, calibrated with MinMax on the Dataset. uint8
+activations keep post-ReLU6 ranges at full resolution; this is the U8S8 pairing
+ORT's CPU kernels are tuned for.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpk.errors import DataError, ExportError, UsageError
+from packager.export.base import Exporter, HostSession, capture, describe_failure
+from packager.export.capabilities import check_combination
+from packager.types import Dataset, ExportedArtifact, LoadedModel
+
+#: stay well under protobuf's 2 GiB limit; past this, weights go to external data
+_SINGLE_FILE_LIMIT = 1_800_000_000
+#: dynamic quantization only of matmul-like ops: ORT's CPU ConvInteger has no int8-weight kernel
+_DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
+
+
+def op_histogram(model_proto: Any) -> dict[str, int]:
+    """Node op_type counts of the main graph, e.g. ``{"Conv": 2, "QuantizeLinear": 5}``."""
+    counts = collections.Counter(n.op_type for n in model_proto.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def _preprocess(src: Path, external: bool) -> Path:
+    """ORT's quant_pre_process: symbolic shape inference + fusions, written next to ``src``.
+
+    Needed by both quantizers: without it the static one cannot pick per-channel axes, and the
+    dynamic one trips over the exporter's stale value_info on a transposed Gemm ("Inferred shape and
+    existing shape differ").
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = src.with_name(src.name.replace(".fp32.onnx", ".pre.onnx"))
+    quant_pre_process(str(src), str(pre), save_as_external_data=external)
+    return pre
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a Dataset: one feed dict per sample, then None."""
+
+    def __init__(self, names: list[str], dataset: Dataset) -> None:
+        self._it = iter(
+            [
+                {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)}
+                for s in dataset.samples
+            ]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - called only by some calibrators
+        pass
+
+
+class OnnxExporter(Exporter):
+    name = "onnx"
+    suffix = ".onnx"
+
+    def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
+        check_combination(self.name, scheme)
+        import onnx
+
+        if scheme == "int8" and (calibration is None or len(calibration) == 0):
+            raise DataError("onnx int8 needs calibration samples (static activation ranges); none were given")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{model.name}-{scheme}{self.suffix}"
+        fp32_path = path if scheme == "fp32" else out_dir / f".{model.name}-{scheme}.fp32.onnx"
+        external = self._to_onnx(model, fp32_path)
+        details: dict[str, Any] = {"exporter": "torch.onnx(dynamo=True)", "external_data": external}
+        try:
+            if scheme == "int8":
+                details["quantizer"] = self._quantize_static(model, fp32_path, path, calibration, external)
+            elif scheme == "int8-dynamic":
+                details["quantizer"] = self._quantize_dynamic(fp32_path, path, external)
+        except (UsageError, ExportError):
+            raise
+        except Exception as e:
+            raise ExportError(self.name, f"{scheme} quantization failed: {describe_failure(e)}") from e
+        finally:
+            if fp32_path != path:
+                for p in out_dir.glob(f".{model.name}-{scheme}.*"):
+                    p.unlink(missing_ok=True)
+        proto = onnx.load(str(path), load_external_data=False)
+        details["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        extra = [path.with_name(path.name + ".data")] if external else []
+        return ExportedArtifact(
+            backend=self.name,
+            scheme=scheme,
+            path=path,
+            extra_files=[p for p in extra if p.exists()],
+            inputs=list(model.inputs),
+            outputs=list(model.outputs),
+            delegation=None,
+            op_summary=op_histogram(proto),
+            details=details,
+        )
+
+    def _to_onnx(self, model: LoadedModel, path: Path) -> bool:
+        """Write the fp32 model to ``path``; returns True when weights had to go to external data."""
+        import torch
+
+        ep = capture(model, self.name)
+        weight_bytes = sum(t.numel() * t.element_size() for t in ep.state_dict.values())
+        external = weight_bytes > _SINGLE_FILE_LIMIT
+        try:
+            program = torch.onnx.export(
+                ep,
+                tuple(model.example_inputs),
+                dynamo=True,
+                input_names=[s.name for s in model.inputs],
+                output_names=[s.name for s in model.outputs],
+                verbose=False,
+            )
+            program.save(str(path), external_data=external)
+        except Exception as e:
+            raise ExportError(self.name, f"torch.onnx export failed: {describe_failure(e)}") from e
+        return external
+
+    def _quantize_static(
+        self, model: LoadedModel, src: Path, dst: Path, calibration: Dataset | None, external: bool
+    ) -> dict[str, Any]:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        assert calibration is not None  # checked by export()
+        pre = _preprocess(src, external)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Reader([s.name for s in model.inputs], calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            use_external_data_format=external,
+        )
+        return {
+            "name": "quantize_static",
+            "format": "QDQ",
+            "per_channel": True,
+            "activation_type": "QUInt8",
+            "weight_type": "QInt8",
+            "calibrate_method": "MinMax",
+            "calibration_samples": len(calibration),
+        }
+
+    def _quantize_dynamic(self, src: Path, dst: Path, external: bool) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        pre = _preprocess(src, external)
+        quantize_dynamic(
+            str(pre),
+            str(dst),
+            op_types_to_quantize=_DYNAMIC_OPS,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=external,
+        )
+        return {"name": "quantize_dynamic", "per_channel": True, "weight_type": "QInt8", "ops": _DYNAMIC_OPS}
+
+    def open(self, path: Path, *, threads: int | None = None) -> HostSession:
+        return OnnxSession(path, threads=threads)
+
+
+class OnnxSession:
+    """An ``.onnx`` loaded into an onnxruntime CPU InferenceSession."""
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # warnings about unused initializers are noise here
+        try:
+            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise UsageError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        self._names = [i.name for i in self._sess.get_inputs()]
+
+    def run(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        if len(inputs) != len(self._names):
+            raise UsageError(f"model takes {len(self._names)} input(s) {self._names}, got {len(inputs)}")
+        return list(self._sess.run(None, dict(zip(self._names, inputs, strict=True))))

@@ -1,0 +1,45 @@
+"""Open any artifact on this host's runtime, by backend name: the one entry point the host runner uses.
+
+    >>> sess = open_session("onnx", Path("out/model-int8.onnx"), threads=1)   # doctest: +SKIP
+    >>> logits, = sess.run((image,))                                          # doctest: +SKIP
+
+Dispatches through :data:`packager.export.EXPORTERS`, so only the backend asked
+for is imported. CoreML off macOS raises :class:`~mpk.errors.RuntimeMissing`
+(exit 4): the artifact is fine, this host just cannot run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpk.errors import UsageError
+from packager.export import EXPORTERS
+from packager.export.base import HostSession
+
+
+def open_session(backend: str, path: Path, *, threads: int | None = None) -> HostSession:
+    """Load ``path`` with ``backend``'s host runtime. ``threads`` is a hint (None = runtime default)."""
+    EXPORTERS.check_name(backend)
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such artifact")
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}")
+    return EXPORTERS.get(backend)().open(path, threads=threads)
+
+
+def backend_for_path(path: Path) -> str:
+    """The backend whose artifact suffix ``path`` has, for callers holding only a file (``mpk inspect``).
+
+    Manifests carry the backend; this is for a bare file, where the suffix is all there is.
+    """
+    from packager.export.capabilities import BACKENDS
+
+    for name, caps in BACKENDS.items():
+        if Path(path).name.endswith(caps.suffix):
+            return name
+    known = ", ".join(c.suffix for c in BACKENDS.values())
+    raise UsageError(f"{path}: unknown artifact type (expected one of {known})")
+
+
+__all__ = ["HostSession", "backend_for_path", "open_session"]
