@@ -1,0 +1,232 @@
+"""``mpk package``, ``mpk inspect``, ``mpk backends``. Thin: parse, build a Recipe, call one function, render.
+
+Heavy imports (torch, executorch, coremltools) happen inside the command
+functions, and ``mpk backends`` never imports them at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _console(stderr: bool = False):  # rich.console.Console, imported lazily
+    import os
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output (CI logs, tests) gets a wide table instead of rich's 80-column default.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+class RichProgress:
+    """Renders pipeline progress on stderr: a spinner while a step runs, then its elapsed time."""
+
+    def __init__(self) -> None:
+        self.console = _console(stderr=True)
+        self._status: Any = None
+
+    def __call__(self, event: str, text: str, seconds: float | None) -> None:
+        if event == "start":
+            self._stop()
+            self._status = self.console.status(f"{text} ...")
+            self._status.start()
+        elif event == "done":
+            self._stop()
+            self.console.print(f"[green]✓[/green] {text} [dim]({seconds:.1f}s)[/dim]")
+        elif event == "warn":
+            self.console.print(f"[bold red]WARNING:[/bold red] [bold]{text}[/bold]")
+        else:
+            self.console.print(f"  [dim]{text}[/dim]")
+
+    def _stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
+    """One row per artifact: the numbers a reviewer reads first (also used by ``mpk inspect``)."""
+    fp32_size = {a["backend"]: a["size_bytes"] for a in manifest["artifacts"] if a["scheme"] == "fp32"}
+    rows = []
+    for a in manifest["artifacts"]:
+        v = a["verification"]
+        m = v.get("metrics") or {}
+        base = fp32_size.get(a["backend"])
+        ratio = f"{base / a['size_bytes']:.2f}x" if base and a["size_bytes"] else "-"
+        d = a.get("delegation")
+        deleg = f"{d['fraction'] * 100:.0f}% {d.get('delegate') or ''}".strip() if d else "-"
+        agree = _fmt(m.get("top1_agreement"), ".3f")
+        if m.get("accuracy") is not None:
+            agree += f" / acc {m['accuracy']:.3f} (fp32 {m['fp32_accuracy']:.3f})"
+        status = v["status"] + (f": {v['reason']}" if v.get("reason") and v["status"] != "passed" else "")
+        rows.append(
+            [
+                a["backend"],
+                a["scheme"],
+                f"{a['size_bytes'] / 1e6:.2f}",
+                ratio,
+                deleg,
+                _fmt(m.get("cosine"), ".5f"),
+                agree,
+                status,
+                "cached" if a.get("cached") else "",
+            ]
+        )
+    return rows
+
+
+def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) -> None:
+    from rich.table import Table
+
+    con = _console()
+    table = Table(title=f"{manifest['model']['name']} ({manifest['model']['sha256'][:12]})")
+    for col in ("backend", "scheme", "size MB", "vs fp32", "delegated", "cosine", "top-1 agree", "verify", "cache"):
+        table.add_column(col, overflow="fold")
+    for row in summary_rows(manifest):
+        table.add_row(*row)
+    con.print(table)
+    for f in manifest["failures"]:
+        con.print(f"[bold red]FAILED[/bold red] {f['backend']}/{f['scheme']}: {f['error']}")
+    for purpose in ("calibration", "evaluation"):
+        d = manifest["data"][purpose]
+        if d["synthetic"]:
+            con.print(f"[bold red]WARNING:[/bold red] {purpose} data was SYNTHETIC random noise ({d['source']})")
+    if manifest_path is not None:
+        con.print(f"manifest: {manifest_path}")
+
+
+@click.command("package")
+@click.option("--model", "model", help="Built-in name, path/to/file.py:factory, package.module:factory or file.pt2.")
+@click.option("--quantize", "schemes", help="Comma list of schemes: none,int8,int8-dynamic,fp16,palettize4...")
+@click.option("--backends", help="Comma list: executorch,onnx,coreml.")
+@click.option("--calibration", help="builtin | DIR of images | FILE.npz | file.py:fn | random (synthetic).")
+@click.option("--evaluation", help="builtin | DIR | FILE.npz | file.py:fn.")
+@click.option("--calibration-count", type=int, help="Calibration samples (default 32).")
+@click.option("--eval-count", type=int, help="Evaluation samples (default 96).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="NAME:1x3x224x224; a dim may be batch=1..8.")
+@click.option("--out", help="Output directory (default mpk-package).")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML recipe; flags override it.")
+@click.option("--threads", type=int, help="Host runtime threads for verification.")
+@click.option("--seed", type=int, help="Seed for anything random (default 0).")
+@click.option(
+    "--force", is_flag=True, default=None, help="Replace an --out that holds non-mpk files (kept as OUT.prev)."
+)
+@click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Export everything afresh.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")
+def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any) -> None:
+    """Package a PyTorch model into verified ExecuTorch/ONNX/CoreML artifacts plus a manifest.
+
+    Exit codes: 0 all artifacts passed (CoreML off macOS counts as skipped), 1 a verification
+    tolerance was missed, 2 bad flag/recipe/data, 4 output not writable or disk full, 5 a model
+    or backend failed to load/export (the other artifacts are still written).
+    """
+    from packager.recipe import Recipe
+
+    if no_cache:
+        flags["cache"] = False
+    recipe = Recipe.build(recipe_file, **flags)
+    if dry_run:
+        click.echo(recipe.to_yaml(), nl=False)
+        return
+    _quiet_third_party()
+    from packager.pipeline import package as run_package
+
+    result = run_package(recipe, progress=RichProgress())
+    render_summary(result.manifest, result.manifest_path)
+    if result.previous is not None:
+        _console().print(f"previous contents of {result.out} kept in {result.previous}")
+    result.check()
+
+
+def _quiet_third_party() -> None:
+    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning) buries mpk's own lines."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|onnxscript)\b.*")
+    for name in ("coremltools", "torch", "torchao", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _find_manifest(path: Path) -> Path | None:
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return path / "manifest.json"
+    if path.is_file() and path.suffix == ".json":
+        return path
+    return None
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect_cmd(path: Path, as_json: bool) -> None:
+    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation)."""
+    manifest_path = _find_manifest(path)
+    if manifest_path is not None:
+        from packager.manifest import read_manifest
+
+        manifest = read_manifest(manifest_path)
+        if as_json:
+            click.echo(json.dumps(manifest, indent=2))
+        else:
+            render_summary(manifest, manifest_path)
+        return
+    from packager.inspect_artifact import inspect_artifact
+
+    info = inspect_artifact(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    import yaml
+
+    click.echo(yaml.safe_dump(json.loads(json.dumps(info, default=str)), sort_keys=False), nl=False)
+
+
+@click.command("backends")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def backends(as_json: bool) -> None:
+    """List backends, their schemes, and whether this host can run their artifacts. Imports no torch."""
+    from packager.export.capabilities import BACKENDS
+
+    if as_json:
+        data = {
+            name: {
+                "suffix": c.suffix,
+                "description": c.description,
+                "schemes": c.schemes,
+                "needs_calibration": sorted(c.needs_calibration),
+                "runs_on_this_host": c.can_run_on(sys.platform),
+            }
+            for name, c in BACKENDS.items()
+        }
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="mpk backends")
+    for col in ("backend", "artifact", "scheme", "what it does", "calibration", "host can run"):
+        table.add_column(col, overflow="fold")
+    for name, c in BACKENDS.items():
+        for i, (scheme, desc) in enumerate(c.schemes.items()):
+            table.add_row(
+                name if i == 0 else "",
+                c.suffix if i == 0 else "",
+                scheme,
+                desc,
+                "needed" if scheme in c.needs_calibration else "",
+                ("yes" if c.can_run_on(sys.platform) else f"no (needs {c.run_os})") if i == 0 else "",
+            )
+    _console().print(table)
+    _console().print("aliases: none = fp32; pass schemes with --quantize, backends with --backends")

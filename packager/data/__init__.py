@@ -1,0 +1,165 @@
+"""Calibration and evaluation data: ``load_dataset(spec, model, count=, purpose=)`` -> Dataset.
+
+Spec forms::
+
+    builtin            the model's own data (EfficientNet-Lite0: skimage's photos, augmented;
+                       digits-cnn: the train split for calibration, the labelled test split for evaluation)
+    path/to/dir/       images (sub-folders named 0, 1, ... are class labels)
+    path/to/file.npz   arrays keyed by input name, leading axis N (optional ``labels``)
+    path/to/file.py:fn fn(count) -> array | {name: array} | (that, labels)
+    random             Gaussian noise; only when asked, and the manifest marks it synthetic
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mpk.errors import DataError, ModelError, UsageError
+from packager.data.images import load_image_dir
+from packager.models.loaders import example_shape
+from packager.types import Dataset, LoadedModel, TensorSpec
+
+Purpose = Literal["calibration", "evaluation"]
+
+
+def _check_sample(spec: TensorSpec, arr: np.ndarray, where: str) -> np.ndarray:
+    want = example_shape(spec)
+    fixed = [i for i, d in enumerate(spec.shape) if isinstance(d, int)]
+    if arr.ndim != len(want) or any(arr.shape[i] != want[i] for i in fixed):
+        raise DataError(f"{where}: input {spec.name!r} sample has shape {tuple(arr.shape)}, the model takes {want}")
+    return np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+
+
+def _split_arrays(
+    arrays: dict[str, np.ndarray], model: LoadedModel, where: str, count: int | None
+) -> list[tuple[np.ndarray, ...]]:
+    """{input name: (N, ...)} -> N samples. Accepts (N, *sample_shape) or (N, *shape_without_batch)."""
+    names = [s.name for s in model.inputs]
+    if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(f"{where}: no array for input(s) {', '.join(missing)}; found keys {', '.join(arrays) or '-'}")
+    ns = {n: len(arrays[n]) for n in names}
+    if len(set(ns.values())) != 1:
+        raise DataError(f"{where}: inputs have different sample counts {ns}")
+    n = next(iter(ns.values()))
+    if n == 0:
+        raise DataError(f"{where}: zero samples")
+    n = min(n, count) if count else n
+    samples = []
+    for i in range(n):
+        sample = []
+        for spec in model.inputs:
+            a = np.asarray(arrays[spec.name])
+            # (N, 1, C, H, W): each sample carries its batch dim; (N, C, H, W): add it back
+            one = a[i] if a.ndim == len(spec.shape) + 1 else a[i : i + 1]
+            sample.append(_check_sample(spec, one, where))
+        samples.append(tuple(sample))
+    return samples
+
+
+def _labels(raw: Any, n: int, where: str) -> np.ndarray | None:
+    if raw is None:
+        return None
+    lab = np.asarray(raw).reshape(-1).astype(np.int64)
+    if len(lab) < n:
+        raise DataError(f"{where}: {len(lab)} labels for {n} samples")
+    return lab[:n]
+
+
+def _from_npz(path: Path, model: LoadedModel, count: int | None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    labels = arrays.pop("labels", None)
+    arrays = {k.removeprefix("input:"): v for k, v in arrays.items() if not k.startswith("output:")}
+    samples = _split_arrays(arrays, model, str(path), count)
+    return Dataset(samples, str(path), labels=_labels(labels, len(samples), str(path)))
+
+
+def _from_callable(spec: str, model: LoadedModel, count: int | None) -> Dataset:
+    file, _, attr = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise UsageError(f"data file not found: {path}")
+    name = f"mpk_user_data_{abs(hash(str(path.resolve())))}"
+    mspec = importlib.util.spec_from_file_location(name, path)
+    assert mspec is not None and mspec.loader is not None
+    mod = importlib.util.module_from_spec(mspec)
+    sys.modules[name] = mod
+    try:
+        mspec.loader.exec_module(mod)
+        fn = getattr(mod, attr, None)
+        if not callable(fn):
+            raise UsageError(f"{spec}: {path} has no function {attr!r}")
+        takes_count = len(inspect.signature(fn).parameters) >= 1
+        ret = fn(count) if takes_count else fn()
+    except UsageError:
+        raise
+    except Exception as e:
+        raise DataError(f"{spec}: raised {type(e).__name__}: {e}") from e
+    labels = None
+    if isinstance(ret, tuple) and len(ret) == 2:
+        ret, labels = ret
+    arrays = ret if isinstance(ret, dict) else {model.inputs[0].name: np.asarray(ret)}
+    samples = _split_arrays({k: np.asarray(v) for k, v in arrays.items()}, model, spec, count)
+    return Dataset(samples, spec, labels=_labels(labels, len(samples), spec))
+
+
+def _random(model: LoadedModel, count: int | None, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    n = count or 16
+    samples = [
+        tuple(rng.standard_normal(example_shape(s)).astype(np.dtype(s.dtype)) for s in model.inputs) for _ in range(n)
+    ]
+    return Dataset(samples, "random", synthetic=True)
+
+
+def load_dataset(
+    spec: str | None,
+    model: LoadedModel,
+    *,
+    count: int | None,
+    purpose: Purpose,
+    seed: int = 0,
+    preprocess: dict[str, Any] | None = None,
+) -> Dataset:
+    """Load ``spec`` as ``count`` samples shaped for ``model``. ``preprocess`` overrides the model's own."""
+    spec = spec or "builtin"
+    pp = preprocess or model.preprocess
+    if spec == "builtin":
+        from packager.data.builtin import builtin_dataset
+
+        return builtin_dataset(model, count=count, purpose=purpose, preprocess=pp)
+    if spec == "random":
+        return _random(model, count, seed)
+    path = Path(spec)
+    if path.is_dir():
+        if len(model.inputs) != 1:
+            raise DataError(f"{spec}: an image directory feeds one input; the model has {len(model.inputs)}")
+        samples, labels = load_image_dir(path, example_shape(model.inputs[0]), pp, count)
+        return Dataset(samples, str(path), labels=labels)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        return _from_npz(path, model, count)
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        return _from_callable(spec, model, count)
+    if not path.exists():
+        raise DataError(
+            f"{purpose} data not found: {spec}",
+            hint="give a directory of images, a .npz, file.py:function, 'builtin' or (explicitly) 'random'",
+        )
+    raise DataError(f"{spec}: not a directory, .npz or file.py:function")
+
+
+__all__ = ["ModelError", "load_dataset"]

@@ -1,0 +1,97 @@
+"""Built-in data for the built-in models, with no download.
+
+EfficientNet-Lite0: the photos shipped inside scikit-image (cat, coffee,
+rocket, astronaut, two motorcycles, Hubble field, and the grayscale cameraman
+converted to RGB): 8 photos x 12 deterministic views (2 scales x 3 crop
+anchors x 2 flips) = 96 evaluation samples. Calibration and evaluation use
+disjoint scales, so no evaluation view was seen by calibration. These are not
+labelled ImageNet images: evaluation measures agreement with fp32, not
+accuracy. The grayscale textures (grass, gravel, brick) are left out on
+purpose: fp32 puts under 5% on its top class there (top-1 margin ~0.01), so
+"top-1 agreement" on them measures noise, not the quantizer.
+
+digits-cnn: calibration = the train split, evaluation = the labelled test split.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpk.errors import DataError
+from packager.data.images import read_image, resize_shorter, to_input
+from packager.models.loaders import example_shape
+from packager.types import Dataset, LoadedModel
+
+SKIMAGE_PHOTOS = (
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "astronaut.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "camera.png",
+)
+
+#: (shorter-side scale factor over the crop, crop anchor, flip). Scales differ between purposes -> disjoint views.
+_VIEWS: dict[str, list[tuple[float, str, bool]]] = {
+    "evaluation": [(s, c, f) for s, c, f in itertools.product((8 / 7, 10 / 7), ("center", "tl", "br"), (False, True))],
+    "calibration": [(s, c, f) for s, c, f in itertools.product((9 / 7, 11 / 7), ("center", "tr", "bl"), (False, True))],
+}
+
+
+def skimage_data_dir() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def _photos(shape: tuple[int, ...], preprocess: dict[str, Any] | None, count: int | None, purpose: str) -> Dataset:
+    folder = skimage_data_dir()
+    images = [read_image(folder / name) for name in SKIMAGE_PHOTOS if (folder / name).is_file()]
+    if not images:
+        raise DataError(f"no built-in photos found in {folder}")
+    crop = max(shape[2], shape[3])
+    resized: dict[tuple[int, float], np.ndarray] = {}
+    samples = []
+    # view-major order, so the first `count` samples cover every photo before repeating one
+    for scale, anchor, flip in _VIEWS[purpose]:
+        for i, img in enumerate(images):
+            if count and len(samples) >= count:
+                break
+            key = (i, scale)
+            if key not in resized:
+                resized[key] = resize_shorter(img, round(crop * scale))
+            samples.append((to_input(resized[key], shape, preprocess, crop=anchor, flip=flip),))
+    return Dataset(samples, f"builtin:skimage-photos ({len(images)} photos x views, {purpose})")
+
+
+def _digits(count: int | None, purpose: str) -> Dataset:
+    from packager.models.builtin import digits_split
+
+    xtr, ytr, xte, yte = digits_split()
+    x, y = (xtr, ytr) if purpose == "calibration" else (xte, yte)
+    n = min(count, len(x)) if count else len(x)
+    samples = [(x[i : i + 1],) for i in range(n)]
+    split = "train" if purpose == "calibration" else "test"
+    return Dataset(
+        samples, f"builtin:sklearn-digits ({split} split)", labels=y[:n] if purpose == "evaluation" else None
+    )
+
+
+def builtin_dataset(
+    model: LoadedModel, *, count: int | None, purpose: str, preprocess: dict[str, Any] | None
+) -> Dataset:
+    name = model.source.get("spec") if model.source.get("kind") == "builtin" else None
+    if name == "digits-cnn":
+        return _digits(count, purpose)
+    if name == "efficientnet-lite0":
+        return _photos(example_shape(model.inputs[0]), preprocess, count, purpose)
+    raise DataError(
+        f"model {model.name!r} has no built-in {purpose} data",
+        hint=f"pass --{purpose} DIR|FILE.npz|file.py:fn (or --calibration random to accept synthetic noise)",
+    )

@@ -1,0 +1,243 @@
+"""End to end on the tiny digits-cnn: real torch.export, real ExecuTorch and ONNX Runtime, real files.
+
+CoreML prediction needs macOS; on Linux the CoreML artifact is really built and structurally
+checked, and its numeric verification is recorded as skipped (never passed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mpk.cli import main
+from mpk.errors import EXIT_INFRA, EXIT_MODEL, EXIT_USAGE, ModelError, OutputNotWritable, UsageError
+from packager.manifest import read_manifest, sha256_path, validation_problems
+from packager.pipeline import PackageResult, package
+from packager.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FACTORY = """
+import torch
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 5)
+    def forward(self, pixels):
+        return self.fc(torch.relu(self.conv(pixels)).mean(dim=(2, 3)))
+def make():
+    torch.manual_seed(0)
+    return Tiny(), (torch.randn(1, 3, 16, 16),)
+def broken():
+    raise RuntimeError("checkpoint is corrupt")
+"""
+
+CUSTOM_OP = """
+import torch
+@torch.library.custom_op("mpktest::wobble", mutates_args=())
+def wobble(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return wobble(x)
+def make():
+    return Net(), (torch.randn(1, 4),)
+"""
+
+
+@pytest.fixture(scope="module")
+def digits_pkg(tmp_path_factory: pytest.TempPathFactory) -> PackageResult:
+    out = tmp_path_factory.mktemp("digits") / "pkg"
+    recipe = Recipe(
+        model="digits-cnn",
+        backends=("executorch", "onnx", "coreml"),
+        schemes=("none", "int8"),
+        eval_count=450,
+        out=str(out),
+    )
+    return package(recipe)
+
+
+def _artifact(result: PackageResult, art_id: str) -> dict:
+    return next(a for a in result.manifest["artifacts"] if a["id"] == art_id)
+
+
+def test_digits_int8_keeps_test_accuracy(digits_pkg: PackageResult) -> None:
+    for backend in ("executorch", "onnx"):
+        a = _artifact(digits_pkg, f"{backend}-int8")
+        m = a["verification"]["metrics"]
+        assert a["verification"]["status"] == "passed", a["verification"]
+        assert a["verification"]["samples"] == 450
+        assert m["fp32_accuracy"] >= 0.95
+        assert abs(m["accuracy"] - m["fp32_accuracy"]) <= 0.01, m
+        assert a["size_bytes"] < 0.4 * _artifact(digits_pkg, f"{backend}-fp32")["size_bytes"]
+    assert _artifact(digits_pkg, "executorch-int8")["delegation"]["fraction"] == 1.0
+    digits_pkg.check()  # exit 0: nothing failed
+
+
+def test_coreml_is_skipped_not_passed_on_linux(digits_pkg: PackageResult) -> None:
+    for scheme in ("fp32", "int8"):
+        v = _artifact(digits_pkg, f"coreml-{scheme}")["verification"]
+        if sys.platform == "darwin":
+            assert v["status"] == "passed"
+        else:
+            assert v["status"] == "skipped" and v["passed"] is None and "macOS" in v["reason"]
+            assert v["structural"] == {"ok": True, "problems": []}
+
+
+def test_manifest_is_schema_valid_and_self_consistent(digits_pkg: PackageResult) -> None:
+    man = digits_pkg.manifest
+    assert validation_problems(man) == []
+    assert read_manifest(digits_pkg.manifest_path) == man
+    assert man["schema_version"] == "mpk.manifest/1" and man["data"]["evaluation"]["labelled"] is True
+    assert man["data"]["calibration"]["synthetic"] is False
+    for a in man["artifacts"]:
+        path = digits_pkg.out / a["path"]
+        assert sha256_path(path) == a["sha256"] and 0 < a["compressed_size_bytes"] <= a["size_bytes"] * 1.01
+    ref = np.load(digits_pkg.out / "reference.npz")
+    assert ref["input:image"].shape == (16, 1, 1, 8, 8) and ref["output:logits"].shape == (16, 1, 10)
+    assert ref["labels"].shape == (16,)
+    assert sha256_path(digits_pkg.out / "reference.npz") == man["reference"]["sha256"]
+    # what the device will be fed reproduces what fp32 torch said
+    session = (
+        __import__("packager.export.onnx", fromlist=["x"])
+        .OnnxExporter()
+        .open(digits_pkg.out / _artifact(digits_pkg, "onnx-fp32")["path"])
+    )
+    got = session.run((ref["input:image"][0],))[0]
+    np.testing.assert_allclose(got, ref["output:logits"][0], atol=1e-4)
+
+
+def test_inspect_manifest_table(digits_pkg: PackageResult) -> None:
+    r = CliRunner().invoke(main, ["inspect", str(digits_pkg.out)])
+    assert r.exit_code == 0, r.output
+    assert "executorch" in r.output and "int8" in r.output and "skipped" in r.output
+    onnx_int8 = digits_pkg.out / _artifact(digits_pkg, "onnx-int8")["path"]
+    r = CliRunner().invoke(main, ["inspect", "--json", str(onnx_int8)])
+    assert r.exit_code == 0, r.output
+    assert "QuantizeLinear" in r.output
+
+
+def test_user_factory_file_packages_and_synthetic_is_loud(tmp_path: Path) -> None:
+    f = tmp_path / "mymodel.py"
+    f.write_text(FACTORY)
+    out = tmp_path / "pkg"
+    args = ["package", "--model", f"{f}:make", "--backends", "onnx", "--quantize", "none,int8"]
+    args += ["--calibration", "random", "--evaluation", "random", "--eval-count", "8", "--out", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "SYNTHETIC" in r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["source"] == {"kind": "file", "spec": f"{f}:make"}
+    assert man["inputs"][0]["name"] == "pixels" and man["model"]["num_classes"] == 5
+    assert man["data"]["calibration"]["synthetic"] is True and "SYNTHETIC" in man["data"]["calibration"]["warning"]
+    assert {a["id"] for a in man["artifacts"]} == {"onnx-fp32", "onnx-int8"}
+
+
+def test_cache_hit_on_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    shared = Path(os.environ["MPK_CACHE_DIR"]) / "models"
+    if shared.is_dir():  # reuse the trained digits weights; the artifacts start cold
+        shutil.copytree(shared, cache / "models")
+    monkeypatch.setenv("MPK_CACHE_DIR", str(cache))
+    args = ["package", "--model", "digits-cnn", "--backends", "executorch", "--quantize", "int8"]
+    args += ["--eval-count", "32", "--out", str(tmp_path / "pkg")]
+    t0 = time.perf_counter()
+    first = CliRunner().invoke(main, args)
+    t1 = time.perf_counter()
+    second = CliRunner().invoke(main, args)
+    t2 = time.perf_counter()
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert "cached" not in first.output and "cached" in second.output
+    assert t2 - t1 < (t1 - t0) * 0.7, (t1 - t0, t2 - t1)
+    man = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    assert man["artifacts"][0]["cached"] is True
+    assert (tmp_path / "pkg.prev" / "manifest.json").is_file()  # the first run's package, kept
+
+
+def test_factory_that_raises_keeps_previous_output(tmp_path: Path, digits_pkg: PackageResult) -> None:
+    out = tmp_path / "pkg"
+    shutil.copytree(digits_pkg.out, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    f = tmp_path / "m.py"
+    f.write_text(FACTORY)
+    r = CliRunner().invoke(main, ["package", "--model", f"{f}:broken", "--backends", "onnx", "--out", str(out)])
+    assert r.exit_code == EXIT_MODEL and "checkpoint is corrupt" in r.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
+
+
+def test_unrelated_files_refused_unless_force(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(UsageError, match="not an mpk package"):
+        package(Recipe(model="digits-cnn", backends=("onnx",), schemes=("none",), out=str(out)))
+    assert (out / "thesis.tex").read_text() == "precious"
+    res = package(Recipe(model="digits-cnn", backends=("onnx",), schemes=("none",), out=str(out), force=True))
+    assert res.previous == tmp_path / "mine.prev" and (res.previous / "thesis.tex").read_text() == "precious"
+
+
+def test_output_not_writable(tmp_path: Path) -> None:
+    """Tests run as root, which ignores chmod; a path below a regular file fails for root too."""
+    (tmp_path / "file.txt").write_text("x")
+    r = CliRunner().invoke(main, ["package", "--model", "digits-cn", "--out", str(tmp_path / "file.txt" / "sub")])
+    assert r.exit_code == EXIT_USAGE  # the misspelt model is caught before the output is touched
+    with pytest.raises(OutputNotWritable) as ei:
+        package(Recipe(model="digits-cnn", backends=("onnx",), out=str(tmp_path / "file.txt" / "sub")))
+    assert ei.value.exit_code == EXIT_INFRA
+
+
+def test_export_failure_names_the_operator(tmp_path: Path) -> None:
+    f = tmp_path / "custom.py"
+    f.write_text(CUSTOM_OP)
+    res = package(
+        Recipe(
+            model=f"{f}:make",
+            backends=("executorch", "onnx"),
+            schemes=("none",),
+            calibration="random",
+            evaluation="random",
+            out=str(tmp_path / "pkg"),
+        )
+    )
+    assert [x["backend"] for x in res.failures] == ["executorch", "onnx"]
+    assert all("mpktest::wobble" in x["error"] for x in res.failures)
+    assert (tmp_path / "pkg" / "manifest.json").is_file()  # written before the exit code is decided
+    with pytest.raises(ModelError, match="could not be exported"):
+        res.check()
+
+
+def test_disk_full_keeps_previous_output(tmp_path: Path, digits_pkg: PackageResult) -> None:
+    """A real write failure: RLIMIT_FSIZE (ulimit -f) makes writes past 100 KB fail with EFBIG, as root too."""
+    out = tmp_path / "pkg"
+    shutil.copytree(digits_pkg.out, out)
+    manifest_before = (out / "manifest.json").read_bytes()
+    cache = tmp_path / "cache"
+    shared = Path(os.environ["MPK_CACHE_DIR"]) / "models"
+    if shared.is_dir():
+        shutil.copytree(shared, cache / "models")
+    code = (
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "from mpk.cli import main\n"
+        "main(['package', '--model', 'digits-cnn', '--backends', 'onnx', '--quantize', 'none',"
+        f" '--out', {str(out)!r}])\n"
+    )
+    env = dict(os.environ, MPK_CACHE_DIR=str(cache))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == EXIT_INFRA, r.stdout + r.stderr
+    assert "disk full" in r.stderr
+    assert (out / "manifest.json").read_bytes() == manifest_before
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
