@@ -11,6 +11,7 @@ leaves a half entry that a later run would trust.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -60,9 +61,19 @@ def hash_arrays(samples: list[tuple[np.ndarray, ...]]) -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def exporter_code_hash() -> str:
+    """sha256 of the exporter sources: a change in how an artifact is made (a quantizer fix, say) must not be
+    answered with an artifact the old code made, even though mpk's version number did not move."""
+    h = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "export").glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def make_key(**fields: Any) -> str:
-    """sha256 of the canonical JSON of ``fields`` plus library and mpk versions."""
-    payload = {"fields": fields, "libraries": library_versions(), "mpk": __version__}
+    """sha256 of the canonical JSON of ``fields`` plus library versions, mpk version and exporter code."""
+    payload = {"fields": fields, "libraries": library_versions(), "mpk": __version__, "code": exporter_code_hash()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

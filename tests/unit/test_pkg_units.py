@@ -255,3 +255,14 @@ def test_data_from_python_callable(tmp_path: Path, digits) -> None:
     assert len(d) == 5 and list(d.labels) == [0, 1, 2, 3, 4]
     with pytest.raises(DataError, match="camera unplugged"):
         load_dataset(f"{f}:bad", digits, count=5, purpose="calibration")
+
+
+def test_cache_key_changes_when_exporter_code_changes(monkeypatch) -> None:
+    """A fix in an exporter must not be answered from the cache with an artifact the old code made."""
+    from packager import cache
+
+    before = cache.make_key(kind="artifact", model="m", backend="executorch", scheme="int8")
+    cache.exporter_code_hash.cache_clear()
+    monkeypatch.setattr(cache, "exporter_code_hash", lambda: "different-exporter-source")
+    after = cache.make_key(kind="artifact", model="m", backend="executorch", scheme="int8")
+    assert before != after
