@@ -34,9 +34,11 @@ system-deps:
 	fi
 
 demo: setup
+	@# exit 1 = an artifact missed its verification tolerance; everything is still written and the
+	@# table names it, so the demo goes on to show the rest. Any other failure stops here.
 	$(BIN)/mpk package --model efficientnet-lite0 --quantize none,int8 \
-	    --backends executorch,onnx,coreml --out $(OUT)/package
-	$(BIN)/mpk bench $(OUT)/package/manifest.json --devices devices.yaml --out $(OUT)/bench
+	    --backends executorch,onnx,coreml --out $(OUT)/package || [ $$? -eq 1 ]
+	$(BIN)/mpk bench $(OUT)/package/manifest.json --devices devices.yaml --fallback emulator --out $(OUT)/bench
 	$(BIN)/mpk gate $(OUT)/bench/results.json --budgets devices.yaml --report $(OUT)/report
 
 test: setup system-deps

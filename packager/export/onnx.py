@@ -112,8 +112,13 @@ class OnnxExporter(Exporter):
 
     def _to_onnx(self, model: LoadedModel, path: Path) -> bool:
         """Write the fp32 model to ``path``; returns True when weights had to go to external data."""
+        import logging
+
         import torch
 
+        # torch.onnx logs one warning per torchvision op it cannot register (torchvision is not a dependency);
+        # they say nothing about the user's model and bury the summary table.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         ep = capture(model, self.name)
         weight_bytes = sum(t.numel() * t.element_size() for t in ep.state_dict.values())
         external = weight_bytes > _SINGLE_FILE_LIMIT
