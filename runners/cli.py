@@ -19,7 +19,11 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def cell_row(cell: dict[str, Any]) -> list[str]:
-    """One table row: device, ran_on, emulated, artifact, p50/p90/p99, load, peak MB, accuracy, status."""
+    """One table row: device, ran_on, emulated, artifact, p50/p90/p99, load, peak and rise MB, accuracy, status.
+
+    Both memory figures: peak RSS is the documented definition, but in the host runner it includes the Python
+    runtime (ExecuTorch's pybindings import torch), so the rise over the pre-load baseline is what compares
+    artifacts across runtimes."""
     r = cell.get("result") or {}
     st, mem, acc = r.get("stats") or {}, r.get("memory") or {}, r.get("accuracy") or {}
     if acc:
@@ -38,12 +42,14 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
         _fmt(st.get("p99_ms")),
         _fmt(r.get("load_ms"), ".1f"),
         _fmt(mem.get("peak_rss_mb"), ".1f"),
+        _fmt(mem.get("rise_mb"), ".1f"),
         acc_s,
         status,
     ]
 
 
-HEADERS = ["device", "ran_on", "emulated", "artifact", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak MB", "accuracy",
+HEADERS = ["device", "ran_on", "emulated", "artifact", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak MB", "rise MB",
+           "accuracy",
            "status"]  # fmt: skip
 
 

@@ -51,6 +51,10 @@ _REF_DTYPES = {"float32", "int64", "int32"}
 # ---------------------------------------------------------------- manifest -> specs
 
 
+#: prefix of the reason of a cell skipped because its runner cannot run that backend at all
+NOT_APPLICABLE = "not applicable:"
+
+
 def load_manifest(path: Path) -> dict[str, Any]:
     """Read a manifest and check the fields the bench needs (full validation is the packager's)."""
     doc = read_json(Path(path), what="manifest")
@@ -253,9 +257,10 @@ class Bench:
             return self.skipped_cell(plan, artifact, plan.skip_reason or "skipped")
         target = plan.target
         driver = get_driver(target.runner)
-        if artifact["backend"] not in driver.backends:
-            msg = f"the {target.runner} runner cannot run {artifact['backend']} artifacts"
-            return self.skipped_cell(plan, artifact, msg, status="error")
+        if artifact["backend"] not in driver.supported_backends():
+            # not a failure: this runner/OS combination simply has no such runtime (CoreML on Android or Linux)
+            msg = f"{NOT_APPLICABLE} the {target.runner} runner cannot run {artifact['backend']} artifacts here"
+            return self.skipped_cell(plan, artifact, msg)
         settings = self.settings_for(plan.device)
         if target.id != plan.device.id and settings.cpu_affinity is not None:
             # a phone's core numbers mean nothing on the virtual device that stands in for it

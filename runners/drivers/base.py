@@ -25,6 +25,10 @@ class Driver(abc.ABC):
     #: backends this runner can execute; others become cell errors before anything is pushed
     backends: tuple[str, ...] = ("executorch", "onnx", "coreml")
 
+    def supported_backends(self) -> tuple[str, ...]:
+        """Backends this runner can execute on this machine (the host runner runs CoreML on macOS only)."""
+        return self.backends
+
     @abc.abstractmethod
     def probe(self, device: DeviceSpec) -> Probe:
         """Cheap reachability check (no model is run)."""

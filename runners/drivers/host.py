@@ -25,6 +25,9 @@ _ROOT = Path(__file__).resolve().parent.parent.parent
 class HostDriver(Driver):
     name = "host"
 
+    def supported_backends(self) -> tuple[str, ...]:
+        return self.backends if sys.platform == "darwin" else tuple(b for b in self.backends if b != "coreml")
+
     def probe(self, device: DeviceSpec) -> Probe:
         return Probe(True, f"this machine ({devicefacts.cpu_model()}, {os.cpu_count()} cores)")
 

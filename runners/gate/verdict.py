@@ -197,8 +197,25 @@ def check_cell(
         "artifact_id": art,
     }
     status = cell.get("status")
-    if status == "skipped" or not budgets:
+    if not budgets:
         return []
+    if status == "skipped":
+        reason = str(cell.get("error") or "skipped")
+        if reason.startswith("not applicable:"):
+            return []  # this runner has no such runtime at all (CoreML on Android): nothing to gate
+        # A budgeted cell that was not measured (an absent phone, no fallback) must never pass silently.
+        return [
+            Check(
+                name=f"{dev}/{art} measured",
+                metric="measured",
+                budget=None,
+                estimate=None,
+                interval=None,
+                verdict="inconclusive",
+                message=f"not measured: {reason}",
+                **base,
+            )
+        ]
     if status != "ok":
         if is_unsupported(cell):
             return []  # reported as a warning by check_results: it could not be measured here at all

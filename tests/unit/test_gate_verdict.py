@@ -96,3 +96,32 @@ def test_exit_code_precedence() -> None:
     mid = sum(checks[0].interval) / 2
     inc = evaluate(doc, rules({"p90_ms": mid})).checks
     assert {c.verdict for c in inc} == {"inconclusive"} and exit_code(inc) == EXIT_INCONCLUSIVE
+
+
+def test_skipped_cell_with_a_budget_is_inconclusive_not_a_silent_pass() -> None:
+    """An absent phone (no fallback) leaves its cells skipped: a budget that applies to them was not met, nor
+    missed; the gate must say so rather than pass on nothing."""
+    from runners.gate.budgets import parse_budgets
+    from runners.gate.verdict import check_results, exit_code
+    from tests.gate_factory import cell, results
+
+    rules, problems = parse_budgets([{"device": "pixel-7", "p90_ms": 20}], "budgets")
+    assert problems == []
+    doc = results([cell("pixel-7", "executorch-int8", status="skipped", error="device absent", result=None)])
+    checks, _ = check_results(doc, rules, sizes={})
+    assert [c.verdict for c in checks] == ["inconclusive"]
+    assert "not measured: device absent" in checks[0].message
+    assert exit_code(checks) == 3
+
+
+def test_not_applicable_cell_is_not_gated() -> None:
+    """CoreML on an Android runner cannot run at all: that is not a failure and not inconclusive."""
+    from runners.gate.budgets import parse_budgets
+    from runners.gate.verdict import check_results, exit_code
+    from tests.gate_factory import cell, results
+
+    rules, _ = parse_budgets([{"device": "*", "emulated": "any", "p90_ms": 20}], "budgets")
+    na = "not applicable: the android_app runner cannot run coreml artifacts here"
+    doc = results([cell("pixel-7", "coreml-int8", status="skipped", error=na, result=None)])
+    checks, _ = check_results(doc, rules, sizes={})
+    assert checks == [] and exit_code(checks) == 0
