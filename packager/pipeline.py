@@ -314,6 +314,16 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def _compression_config(recipe: Recipe) -> Any:
+    """The recipe's compression section as a config, or None when there is nothing to apply."""
+    if not recipe.compression:
+        return None
+    from packager.compress.recipe_io import parse_compression
+
+    cfg = parse_compression(recipe.compression, "recipe")
+    return None if cfg.empty else cfg
+
+
 def package(
     recipe: Recipe,
     *,
@@ -364,6 +374,28 @@ def package(
             note("warn", "evaluation data is SYNTHETIC random noise: metrics say nothing about real inputs", None)
         with steps("fp32 reference"):
             reference = _reference_outputs(model, evaluation, recipe.cache)
+        # Compression runs after the reference is taken from the original model, so every artifact of the
+        # compressed model is verified against the fp32 model the user handed in: what pruning costs shows.
+        compression_report = None
+        ccfg = _compression_config(recipe)
+        if ccfg is not None:
+            if calibration is None:
+                with steps("calibration data"):
+                    calibration = load_dataset(
+                        recipe.calibration, model, count=recipe.calibration_count, purpose="calibration",
+                        seed=recipe.seed, preprocess=recipe.preprocess,
+                    )  # fmt: skip
+            training = None
+            if ccfg.distill is not None and ccfg.distill.samples:
+                training = load_dataset(
+                    recipe.calibration, model, count=ccfg.distill.samples, purpose="calibration",
+                    seed=recipe.seed, preprocess=recipe.preprocess,
+                )  # fmt: skip
+            from packager.compress.recipe_io import apply_compression
+
+            with steps("compress"):
+                comp = apply_compression(model, ccfg, calibration, training=training, progress=False)
+            model, compression_report = comp.model, comp.report
         calib_hash = cache_mod.hash_arrays(calibration.samples) if calibration is not None else None
         artifact_cache = cache_mod.ArtifactCache(enabled=recipe.cache)
         entries: list[dict[str, Any]] = []
@@ -465,6 +497,7 @@ def package(
                 "artifacts": entries,
                 "failures": failures,
                 "environment": mf.environment(),
+                "compression": _jsonable(compression_report),
             }
             mf.write_manifest(staging / "manifest.json", manifest)
         previous = _swap_into_place(staging, out)

@@ -52,6 +52,8 @@ class Recipe:
     threads: int | None = None
     #: samples stored in reference.npz for on-device checks
     reference_samples: int = 16
+    #: pruning / distillation / QAT / mixed precision applied before export (packager/compress/recipe_io.py)
+    compression: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -198,6 +200,15 @@ def _validate(r: Recipe) -> list[str]:
                     )
                 elif not isinstance(v, (int, float)) or isinstance(v, bool):
                     problems.append(f"tolerances.{scheme}.{k}: expected a number, got {v!r}")
+    if r.compression is not None:
+        from packager.compress.recipe_io import parse_compression
+
+        try:
+            parse_compression(r.compression, "recipe")
+        except ConfigError as e:
+            problems.extend(e.problems)
+        except UsageError as e:
+            problems.append(f"compression: {e.message}")
     if problems or not r.backends or not r.schemes:
         if not r.backends:
             problems.append("backends: at least one backend")
