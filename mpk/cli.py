@@ -51,7 +51,7 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201
+    def resolve_command(self, ctx: click.Context, args: list[str]):
         name = args[0] if args else None
         if name and not name.startswith("-") and name not in COMMANDS:
             from mpk.registry import suggest
@@ -69,12 +69,23 @@ def main() -> None:
     """mpk: package models for phones, benchmark them on devices, gate releases."""
 
 
-def run() -> None:  # pragma: no cover - console entry point
+EXIT_INTERRUPTED = 130
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point. Click's standalone mode turns Ctrl-C into "Aborted!" with exit 1, which mpk
+    reserves for "a check failed": a script gating on mpk would read an interrupt as a failed budget."""
     try:
-        main(standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        rv = main.main(args=argv, prog_name="mpk", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("\ninterrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

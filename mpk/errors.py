@@ -14,6 +14,7 @@ Exit codes (documented in README.md, fixed; scripts depend on them):
 4     infrastructure error: device unreachable, runner crashed, disk full,
       output not writable, a runtime that is not installed
 5     model error: the model cannot be loaded, captured or lowered
+130   interrupted (Ctrl-C); partial results that were written stay valid
 ====  =====================================================================
 """
 
@@ -52,7 +53,7 @@ class MpkError(click.ClickException):
             return f"{self.message}\n  hint: {self.hint}"
         return self.message
 
-    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+    def show(self, file=None) -> None:
         click.echo(click.style("error: ", fg="red", bold=True) + self.format_message(), err=True)
 
 
@@ -135,23 +136,23 @@ class DeviceError(InfraError):
 
 
 class DeviceNotFound(DeviceError):
-    def __init__(self, device: str, message: str = "not found", **kw) -> None:  # noqa: ANN003
+    def __init__(self, device: str, message: str = "not found", **kw) -> None:
         super().__init__(device, message, reason="not-found", **kw)
 
 
 class DeviceTimeout(DeviceError):
-    def __init__(self, device: str, message: str = "timed out", **kw) -> None:  # noqa: ANN003
+    def __init__(self, device: str, message: str = "timed out", **kw) -> None:
         super().__init__(device, message, reason="timeout", **kw)
 
 
 class DeviceUnauthorized(DeviceError):
-    def __init__(self, device: str, message: str = "unauthorized", **kw) -> None:  # noqa: ANN003
+    def __init__(self, device: str, message: str = "unauthorized", **kw) -> None:
         kw.setdefault("hint", "accept the 'Allow USB debugging?' prompt on the device, then retry")
         super().__init__(device, message, reason="unauthorized", **kw)
 
 
 class InstallFailed(DeviceError):
-    def __init__(self, device: str, message: str, **kw) -> None:  # noqa: ANN003
+    def __init__(self, device: str, message: str, **kw) -> None:
         super().__init__(device, message, reason="install-failed", **kw)
 
 

@@ -50,7 +50,7 @@ class Registry(Generic[T]):
             self._check(name, target)
         self._entries[name] = target
 
-    def decorator(self, name: str):  # noqa: ANN201
+    def decorator(self, name: str):
         def wrap(target: T) -> T:
             self.register(name, target)
             return target

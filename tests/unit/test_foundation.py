@@ -29,7 +29,9 @@ def test_registry_checks_base_class():
 
 
 def test_config_error_lists_every_problem_with_path():
-    e = ConfigError("devices.yaml", ["devices[2].budgets.p90_ms: expected a number, got 'fast'", "defaults.x: unknown key"])
+    e = ConfigError(
+        "devices.yaml", ["devices[2].budgets.p90_ms: expected a number, got 'fast'", "defaults.x: unknown key"]
+    )
     assert "2 problem(s)" in e.message and "devices[2].budgets.p90_ms" in e.message and e.exit_code == 2
 
 
@@ -47,9 +49,7 @@ def test_stats_from_samples_matches_numpy():
 
 def test_quantile_ci_covers_true_median_about_95_percent():
     rng = np.random.default_rng(7)
-    hits = sum(
-        lo <= 0.0 <= hi for lo, hi in (quantile_ci(np.sort(rng.normal(size=60)), 0.5) for _ in range(1000))
-    )
+    hits = sum(lo <= 0.0 <= hi for lo, hi in (quantile_ci(np.sort(rng.normal(size=60)), 0.5) for _ in range(1000)))
     assert 0.93 <= hits / 1000 <= 0.995
 
 
@@ -73,6 +73,29 @@ def test_every_subcommand_has_help(name):
 
 
 def test_help_imports_no_torch():
-    code = "import sys; from mpk.cli import main; main(['--help'], standalone_mode=False); print('torch' in sys.modules)"
+    code = (
+        "import sys; from mpk.cli import main; main(['--help'], standalone_mode=False); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+def test_ctrl_c_exits_130_not_the_check_failed_code():
+    """Click's default turns Ctrl-C into exit 1, which mpk reserves for a failed check."""
+    code = (
+        "import click, mpk.cli as c\n"
+        "@click.command()\n"
+        "def boom():\n"
+        "    raise KeyboardInterrupt\n"
+        "c.COMMANDS['backends'] = ('__main__:boom', 'x')\n"
+        "c.run(['backends'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert "interrupted" in r.stderr
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["--version"], 0), (["package", "--no-such-flag"], 2), (["pakage"], 2)])
+def test_console_entry_point_exit_codes(argv, code):
+    r = subprocess.run([sys.executable, "-m", "mpk", *argv], capture_output=True, text=True)
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
