@@ -323,22 +323,30 @@ def timings_from_executor_runner(out: ExecutorRunnerOutput, warmup: int) -> Nati
     return t
 
 
-class ExecutorRunnerDriver(Driver):
-    """devices.yaml ``runner: executor_runner``: ExecuTorch's C++ runner, no app in between."""
+class NativeToolDriver(Driver):
+    """A driver around a native benchmark binary found via ``env_var``, the PATH, or pushed to the device."""
 
-    name = "executor_runner"
-    backends = ("executorch",)
-    env_var = "MPK_EXECUTOR_RUNNER"
+    env_var: str
+    binary: str
 
     def probe(self, device: DeviceSpec) -> Probe:
         try:
             target = open_target(device, "probe")
             try:
-                return Probe(True, f"executor_runner at {resolve_binary(target, self.env_var, 'executor_runner')}")
+                return Probe(True, f"{self.binary} at {resolve_binary(target, self.env_var, self.binary)}")
             finally:
                 target.close()
         except (RuntimeMissing, DeviceError) as e:
             return Probe(False, e.format_message())
+
+
+class ExecutorRunnerDriver(NativeToolDriver):
+    """devices.yaml ``runner: executor_runner``: ExecuTorch's C++ runner, no app in between."""
+
+    name = "executor_runner"
+    backends = ("executorch",)
+    env_var = "MPK_EXECUTOR_RUNNER"
+    binary = "executor_runner"
 
     def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
         from runners.contract import validate_result

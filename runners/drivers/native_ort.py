@@ -44,12 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpk.errors import DeviceError, RuntimeMissing
 from runners.devices import DeviceSpec
-from runners.drivers.base import Driver, Probe
 from runners.drivers.native_executorch import (
     Exec,
     NativeTimings,
+    NativeToolDriver,
     Target,
     artifact_result,
     build_result,
@@ -149,23 +148,13 @@ def timings_from_perf_test(summary: PerfTestSummary, rows_ms: list[float], warmu
     return t
 
 
-class OrtPerfTestDriver(Driver):
+class OrtPerfTestDriver(NativeToolDriver):
     """devices.yaml ``runner: onnxruntime_perf_test``: ORT's own C++ benchmark, no app in between."""
 
     name = "onnxruntime_perf_test"
     backends = ("onnx",)
     env_var = "MPK_ONNXRUNTIME_PERF_TEST"
-
-    def probe(self, device: DeviceSpec) -> Probe:
-        try:
-            target = open_target(device, "probe")
-            try:
-                where = resolve_binary(target, self.env_var, "onnxruntime_perf_test")
-                return Probe(True, f"onnxruntime_perf_test at {where}")
-            finally:
-                target.close()
-        except (RuntimeMissing, DeviceError) as e:
-            return Probe(False, e.format_message())
+    binary = "onnxruntime_perf_test"
 
     def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
         from runners.contract import validate_result
