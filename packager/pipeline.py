@@ -314,6 +314,51 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def _add_trained_int8(
+    comp: Any,
+    staging: Path,
+    evaluation: Dataset,
+    reference: list[np.ndarray],
+    recipe: Recipe,
+    exporters: Mapping[str, Any] | None,
+    steps: Any,
+    entries: list[dict[str, Any]],
+    failures: list[dict[str, str]],
+) -> None:
+    """The recipe's qat / mixed_precision result: an ExecuTorch artifact that is already int8 (no second PTQ),
+    verified like every other against the original fp32 model."""
+    from packager.compress.recipe_io import export_quantized
+    from packager.verify import tolerances_for, verify_artifact
+
+    scheme = comp.quantized_scheme or "int8"
+    art_id = f"executorch-{scheme}"
+    try:
+        with steps(f"export {art_id}"):
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{art_id}-", dir=staging))
+            art = export_quantized(comp, tmp)
+            final = staging / art_id
+            os.replace(tmp, final)
+            art = dataclasses.replace(art, path=final / Path(art.path).relative_to(tmp))
+    except MpkError as e:
+        failures.append({"backend": "executorch", "scheme": scheme, "error": e.format_message()})
+        steps.progress("warn", f"{art_id} failed: {e.format_message()}", None)
+        return
+    entry = _artifact_entry(art, staging, {})
+    entry["cached"] = False
+    with steps(f"verify {art_id}"):
+        entry["verification"] = verify_artifact(
+            _exporter("executorch", exporters),
+            art,
+            evaluation,
+            reference,
+            classifier=comp.model.task == "classification",
+            tolerances=tolerances_for("int8", recipe.tolerances),
+            threads=recipe.threads,
+            expected_io=(comp.model.inputs, comp.model.outputs),
+        )
+    entries.append(entry)
+
+
 def _compression_config(recipe: Recipe) -> Any:
     """The recipe's compression section as a config, or None when there is nothing to apply."""
     if not recipe.compression:
@@ -377,6 +422,7 @@ def package(
         # Compression runs after the reference is taken from the original model, so every artifact of the
         # compressed model is verified against the fp32 model the user handed in: what pruning costs shows.
         compression_report = None
+        comp = None
         ccfg = _compression_config(recipe)
         if ccfg is not None:
             if calibration is None:
@@ -459,6 +505,8 @@ def package(
                     expected_io=(model.inputs, model.outputs),
                 )
             entries.append(entry)
+        if comp is not None and comp.quantized is not None:
+            _add_trained_int8(comp, staging, evaluation, reference, recipe, exporters, steps, entries, failures)
         with steps("manifest"):
             n_ref = mf.write_reference(
                 staging / "reference.npz",

@@ -53,3 +53,28 @@ def test_misspelt_compression_key_is_refused_before_any_work(tmp_path: Path) -> 
     assert r.exit_code == 2, r.output
     assert "compression.structured.ratoi" in r.output
     assert not (tmp_path / "pkg").exists()
+
+
+def test_qat_section_yields_a_verified_int8_qat_artifact(tmp_path: Path) -> None:
+    """A recipe's qat section must produce its artifact, not be accepted and ignored."""
+    recipe = tmp_path / "recipe.yaml"
+    spec = {k: v for k, v in RECIPE.items() if k != "compression"}
+    spec.update(
+        backends=["executorch"],
+        schemes=["none"],
+        eval_count=450,
+        compression={"qat": {"epochs": 2, "optimizer": "adam", "lr": 0.0005, "batch_size": 64, "augment": "none"}},
+    )
+    recipe.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "pkg"
+    r = CliRunner().invoke(main, ["package", "--recipe", str(recipe), "--out", str(out)])
+    assert r.exit_code in (0, 1), r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert validation_problems(man) == []
+    arts = {a["id"]: a for a in man["artifacts"]}
+    qat = arts["executorch-int8-qat"]
+    assert qat["delegation"]["fraction"] == 1.0, qat["delegation"]
+    m = qat["verification"]["metrics"]
+    assert m["accuracy"] >= m["fp32_accuracy"] - 0.015, m
+    assert qat["size_bytes"] < 0.5 * arts["executorch-fp32"]["size_bytes"]
+    assert man["compression"]["qat"]["epochs_run"] == 2
