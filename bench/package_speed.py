@@ -36,8 +36,11 @@ def _mpk(args: list[str], cache: Path) -> float:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "mpk", *args], env=env, capture_output=True, text=True, check=False)
     dt = time.perf_counter() - t0
-    if r.returncode != 0:
+    # exit 1 = an artifact missed its verification tolerance: everything was still built and written, which
+    # is what is being timed. Anything else means the run did not do the work.
+    if r.returncode not in (0, 1):
         sys.exit(f"mpk package failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+
     return dt
 
 
