@@ -184,6 +184,29 @@ def _single_value(cell: dict[str, Any], metric: str, sizes: dict[str, int]) -> f
     raise KeyError(metric)
 
 
+def _unmeasured(
+    name: str,
+    metric: str,
+    rb: Any,
+    base: dict[str, Any],
+    message: str,
+    direction: Literal["max", "min"] = "max",
+) -> Check:
+    """A budget whose metric is missing from the result: inconclusive, because it must never pass silently."""
+    return Check(
+        name=name,
+        metric=metric,
+        budget=rb.limit,
+        estimate=None,
+        interval=None,
+        verdict="inconclusive",
+        direction=direction,
+        rule=rb.rule.label(),
+        message=message,
+        **base,
+    )
+
+
 def check_cell(
     cell: dict[str, Any], budgets: dict[str, ResolvedBudget], *, sizes: dict[str, int] | None = None
 ) -> list[Check]:
@@ -245,19 +268,7 @@ def check_cell(
         if metric in ("p50_ms", "p90_ms", "p99_ms"):
             got = _latency_interval(cell, metric)
             if got is None:
-                out.append(
-                    Check(
-                        name=name,
-                        metric=metric,
-                        budget=rb.limit,
-                        estimate=None,
-                        interval=None,
-                        verdict="inconclusive",
-                        message="no latency samples in the result",
-                        rule=rb.rule.label(),
-                        **base,
-                    )
-                )
+                out.append(_unmeasured(name, metric, rb, base, "no latency samples in the result"))
                 continue
             est, (lo, hi), n = got
             v = _interval_verdict(lo, hi, rb.limit, direction)
@@ -283,21 +294,7 @@ def check_cell(
             continue
         value = _single_value(cell, metric, sizes)
         if value is None:
-            # a budget we cannot check must not pass silently
-            out.append(
-                Check(
-                    name=name,
-                    metric=metric,
-                    budget=rb.limit,
-                    estimate=None,
-                    interval=None,
-                    verdict="inconclusive",
-                    direction=direction,
-                    rule=rb.rule.label(),
-                    message=f"{metric} was not measured for this cell",
-                    **base,
-                )
-            )
+            out.append(_unmeasured(name, metric, rb, base, f"{metric} was not measured for this cell", direction))
             continue
         v = _interval_verdict(value, value, rb.limit, direction)
         cmp = ("<=" if v == "pass" else ">") if direction == "max" else (">=" if v == "pass" else "<")
