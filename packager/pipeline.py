@@ -459,10 +459,13 @@ def package(
                 calibration=calib_hash if needs_cal else None,
                 inputs=[s.to_dict() for s in model.inputs],
                 seed=recipe.seed,
+                bias_correction=recipe.bias_correction if needs_cal else None,
             )
             try:
                 with steps(f"export {art_id}"):
                     exporter = _exporter(backend, exporters)
+                    if hasattr(exporter, "bias_correction"):
+                        exporter.bias_correction = recipe.bias_correction
                     art, was_cached, extra = _export_one(
                         exporter,
                         model,

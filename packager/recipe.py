@@ -54,6 +54,8 @@ class Recipe:
     reference_samples: int = 16
     #: pruning / distillation / QAT / mixed precision applied before export (packager/compress/recipe_io.py)
     compression: dict[str, Any] | None = None
+    #: onnx static int8: correct Conv biases for int8's mean shift (packager/export/bias_correction.py)
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -172,7 +174,7 @@ def _validate(r: Recipe) -> list[str]:
             problems.append(f"{name}: expected an integer >= {lo}, got {v!r}")
     if r.threads is not None and (not isinstance(r.threads, int) or r.threads < 1):
         problems.append(f"threads: expected a positive integer, got {r.threads!r}")
-    for name in ("cache", "force"):
+    for name in ("cache", "force", "bias_correction"):
         if not isinstance(getattr(r, name), bool):
             problems.append(f"{name}: expected true or false, got {getattr(r, name)!r}")
     if r.preprocess is not None:

@@ -57,7 +57,7 @@ BACKENDS: dict[str, BackendCapabilities] = {
         description="single-file ONNX model for ONNX Runtime (Android/iOS/desktop)",
         schemes={
             "fp32": "float32 ONNX graph exported with torch.onnx (dynamo)",
-            "int8": "onnxruntime static QDQ int8, per-channel weights, calibrated activations",
+            "int8": "onnxruntime static QDQ int8, per-channel weights, calibrated activations, bias-corrected",
             "int8-dynamic": "onnxruntime dynamic int8 (weights int8, activations quantized at run time)",
         },
         needs_calibration=frozenset({"int8"}),

@@ -35,18 +35,18 @@ def test_efficientnet_lite0_package_meets_done_when(tmp_path: Path) -> None:
         d = arts[f"executorch-{scheme}"]["delegation"]
         assert d["fraction"] == 1.0 and d["delegated_ops"] == d["total_ops"] > 0, d
 
-    # Done-when: int8 agrees with fp32 on top-1 for >= 95% of >= 64 images. ExecuTorch meets it (0.958 of
-    # 96 measured here). ONNX Runtime's static QDQ int8 measures 0.948 (91/96) with every calibration method
-    # ORT offers (MinMax, percentile, entropy, moving average; 16 to 96 samples): the misses are near-ties
-    # (the rocket views' missile/projectile), so ONNX is held to what it really does, and the manifest must
-    # say 'failed' when it misses the 0.95 tolerance rather than round it up.
-    floors = {"executorch": 0.95, "onnx": 0.94}
+    # Done-when: int8 agrees with fp32 on top-1 for >= 95% of >= 64 images. Both backends measure 0.958
+    # (92/96) here. ONNX gets there with bias correction: ORT's quantize_static alone gives 0.948 (91/96),
+    # cosine 0.992 -> 0.997 with it. The manifest must say 'failed' whenever a tolerance is missed.
+    floors = {"executorch": 0.95, "onnx": 0.95}
+    bc = arts["onnx-int8"]["details"]["quantizer"]["bias_correction"]
+    assert bc["applied"] is True and bc["layers"] == 49 and bc["output_mse_after"] < bc["output_mse_before"], bc
     for backend, floor in floors.items():
         v = arts[f"{backend}-int8"]["verification"]
         assert v["samples"] >= 64
         agreement = v["metrics"]["top1_agreement"]
         assert agreement >= floor, (backend, v["metrics"])
-        assert v["metrics"]["cosine"] >= 0.98, (backend, v["metrics"])
+        assert v["metrics"]["cosine"] >= 0.99, (backend, v["metrics"])
         assert v["status"] == ("passed" if agreement >= v["tolerances"]["min_top1_agreement"] else "failed"), v
         assert arts[f"{backend}-fp32"]["verification"]["metrics"]["cosine"] >= 0.9999
 

@@ -1,0 +1,207 @@
+"""Empirical bias correction for onnxruntime QDQ models (Nagel et al. 2019, "Data-Free Quantization
+Through Weight Equalization and Bias Correction", sec. 4.2; AIMET calls it empirical bias correction).
+
+Rounding weights to int8 is not mean-preserving: ``E[W_q x] != E[W x]``, and a depthwise conv, with
+only 9 taps per output channel, shifts its channel means the most. The shift adds up layer after layer
+and moves the logits. The fix is to measure it and subtract it from the bias:
+
+1. run the fp32 model on the calibration samples and record each Conv output's per-channel mean;
+2. for each Conv in graph order, run the *quantized* model (with every earlier correction already
+   applied), take the same per-channel mean, and subtract the difference from that Conv's bias.
+
+Step 2 has to be sequential. Correcting every layer from one measurement counts the same upstream shift
+twice, once where it starts and once in every layer it reaches. On EfficientNet-Lite0 that one-shot
+variant dropped top-1 agreement from 0.95 to 0.51, while the sequential one raised it to 0.98.
+
+Only Conv is corrected. A Conv channel's mean is averaged over N x H x W values. A Gemm's per-class mean
+from a few dozen samples is mostly noise: correcting the classifier as well lowered agreement on
+EfficientNet-Lite0, on the evaluation views and on 17 held-out images alike.
+
+The result is kept only if the corrected model's outputs are closer to fp32 on the calibration samples
+than the uncorrected model's (mean squared error). Otherwise the plain quantized model is written and
+the report says why.
+
+The corrected bias stays an int32 tensor with ORT's scale (input scale x weight scale), so the graph is
+the same QDQ graph ORT's kernels fuse. Only bias values change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+#: samples used for the per-layer measurements; past ~32 the means stop moving (8 already gets most of it)
+MAX_SAMPLES = 32
+_INT32 = np.iinfo(np.int32)
+
+Feed = dict[str, np.ndarray]
+
+
+def _with_outputs(model: Any, names: list[str]) -> bytes:
+    """Serialized copy of ``model`` that also returns the tensors ``names`` (float, shape left to ORT)."""
+    from onnx import TensorProto, helper
+
+    m = type(model)()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return m.SerializeToString()
+
+
+def _session(model_bytes: bytes) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _channel_means(model: Any, names: list[str], feeds: list[Feed]) -> list[np.ndarray]:
+    """Per-channel (axis 1) mean of each tensor in ``names`` over all samples and all other axes."""
+    sess = _session(_with_outputs(model, names))
+    index = {o.name: i for i, o in enumerate(sess.get_outputs())}
+    sums: list[np.ndarray | None] = [None] * len(names)
+    for feed in feeds:
+        outs = sess.run(None, feed)
+        for k, name in enumerate(names):
+            t = np.asarray(outs[index[name]], dtype=np.float64)
+            m = t.mean(axis=tuple(a for a in range(t.ndim) if a != 1))
+            sums[k] = m if sums[k] is None else sums[k] + m
+    return [s / len(feeds) for s in sums]  # type: ignore[operator]
+
+
+def _outputs_mse(model_bytes: bytes, feeds: list[Feed], reference: list[list[np.ndarray]]) -> float:
+    sess = _session(model_bytes)
+    errs = []
+    for feed, ref in zip(feeds, reference, strict=True):
+        for got, want in zip(sess.run(None, feed), ref, strict=True):
+            errs.append(float(np.mean((np.asarray(got, np.float64) - want) ** 2)))
+    return float(np.mean(errs))
+
+
+class _Bias:
+    """A Conv's bias in the quantized graph: int32 behind a DequantizeLinear, or a plain float initializer."""
+
+    def __init__(self, init: Any, scale: np.ndarray | None) -> None:
+        self.init, self.scale = init, scale
+
+    def subtract(self, delta: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        value = numpy_helper.to_array(self.init)
+        if self.scale is None:
+            new = (value.astype(np.float64) - delta).astype(value.dtype)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = np.where(self.scale != 0, np.round(delta / self.scale), 0)
+            new = np.clip(value.astype(np.int64) - step.astype(np.int64), _INT32.min, _INT32.max).astype(np.int32)
+        self.init.CopyFrom(numpy_helper.from_array(new.reshape(value.shape), self.init.name))
+
+
+def _conv_targets(fp32: Any, quant: Any) -> tuple[list[tuple[str, str, _Bias]], int]:
+    """(quantized output, fp32 output, bias) for each biased Conv, in graph order; and how many were left out.
+
+    ORT's quantizer keeps node names, so a quantized Conv is paired with the fp32 Conv of the same name.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in quant.graph.initializer}
+    producer = {o: n for n in quant.graph.node for o in n.output}
+    fp32_convs = {n.name: n for n in fp32.graph.node if n.op_type == "Conv" and n.name}
+    targets, left_out = [], 0
+    for node in quant.graph.node:
+        if node.op_type != "Conv":
+            continue
+        twin = fp32_convs.get(node.name)
+        bias = None
+        if twin is not None and len(node.input) > 2 and node.input[2]:
+            name = node.input[2]
+            if name in inits:
+                bias = _Bias(inits[name], None)
+            elif (dq := producer.get(name)) is not None and dq.op_type == "DequantizeLinear":
+                if dq.input[0] in inits and dq.input[1] in inits:
+                    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+                    bias = _Bias(inits[dq.input[0]], scale)
+        if bias is None:
+            left_out += 1
+            continue
+        targets.append((node.output[0], twin.output[0], bias))
+    return targets, left_out
+
+
+def sequential_correction(
+    fp32: Any,
+    quant: Any,
+    feeds: list[Feed],
+    *,
+    on_layer: Callable[[int, int], None] | None = None,
+) -> tuple[Any, list[dict[str, Any]], int]:
+    """Corrected copy of ``quant``, one ``{"output", "largest_shift"}`` per corrected Conv, and the number
+    of Convs left out (no bias, or no fp32 twin). ``quant`` itself is not modified.
+
+    After it, every corrected Conv's per-channel output mean on ``feeds`` matches fp32's to within half a
+    bias step, because a Conv is measured only after every Conv before it has been corrected.
+    """
+    corrected = type(quant)()
+    corrected.CopyFrom(quant)
+    targets, left_out = _conv_targets(fp32, corrected)
+    if not targets or not feeds:
+        return corrected, [], left_out
+    want = _channel_means(fp32, [f for _, f, _ in targets], feeds)
+    layers = []
+    for k, ((q_name, _, bias), target_mean) in enumerate(zip(targets, want, strict=True)):
+        (got_mean,) = _channel_means(corrected, [q_name], feeds)
+        shift = got_mean - target_mean
+        bias.subtract(shift)
+        layers.append({"output": q_name, "largest_shift": float(np.max(np.abs(shift)))})
+        if on_layer:
+            on_layer(k + 1, len(targets))
+    return corrected, layers, left_out
+
+
+def correct_biases(
+    fp32: Any,
+    quant: Any,
+    feeds: list[Feed],
+    *,
+    on_layer: Callable[[int, int], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Bias-correct ``quant`` (an ORT QDQ ModelProto) against ``fp32`` on ``feeds`` (at most MAX_SAMPLES used).
+
+    Returns ``(model, report)``. ``model`` is the corrected copy, or ``quant`` itself when correction did
+    not bring the outputs closer to fp32. ``report`` says which happened, with the numbers behind it.
+    ``on_layer(done, total)`` is called after each corrected layer (for a progress display).
+    """
+    start = time.perf_counter()
+    feeds = feeds[:MAX_SAMPLES]
+    corrected, layers, left_out = sequential_correction(fp32, quant, feeds, on_layer=on_layer)
+    report: dict[str, Any] = {
+        "method": "empirical, sequential (Nagel et al. 2019)",
+        "samples": len(feeds),
+        "layers": len(layers),
+        "layers_left_out": left_out,
+    }
+    if not layers:
+        report.update(applied=False, reason="no biased Conv to correct" if feeds else "no samples")
+        return quant, report
+    fp32_sess = _session(fp32.SerializeToString())
+    reference = [[np.asarray(o, np.float64) for o in fp32_sess.run(None, feed)] for feed in feeds]
+    before = _outputs_mse(quant.SerializeToString(), feeds, reference)
+    after = _outputs_mse(corrected.SerializeToString(), feeds, reference)
+    applied = after < before
+    report.update(
+        applied=applied,
+        largest_channel_shift=round(max(la["largest_shift"] for la in layers), 6),
+        output_mse_before=before,
+        output_mse_after=after,
+        seconds=round(time.perf_counter() - start, 2),
+    )
+    if not applied:
+        report["reason"] = "corrected outputs were not closer to fp32 on the calibration samples"
+        return quant, report
+    return corrected, report
