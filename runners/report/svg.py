@@ -155,17 +155,66 @@ def scatter(
         if ylo <= t <= yhi:
             body.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#444">{_fmt(t)}</text>')
     body.append(f'<text x="{left}" y="{top - 3}" fill="#444">{escape(ylabel)}</text>')
+    placed: list[tuple[float, float, float, float]] = []
     for i, (label, x, y) in enumerate(points):
         c = PALETTE[i % len(PALETTE)]
+        px, py = sx(x), sy(y)
         body.append(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{c}"><title>{escape(label)}: '
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{c}"><title>{escape(label)}: '
             f"{x:.3f}, {y:.5f}</title></circle>"
         )
         # labels on the right half grow leftwards so they stay inside the plot
-        right_half = sx(x) > left + (width - left - right) / 2
-        tx, anchor = (sx(x) - 7, "end") if right_half else (sx(x) + 7, "start")
-        body.append(f'<text x="{tx:.1f}" y="{sy(y) - 8:.1f}" text-anchor="{anchor}" fill="#222">{escape(label)}</text>')
+        right_half = px > left + (width - left - right) / 2
+        tx, anchor = (px - 7, "end") if right_half else (px + 7, "start")
+        box = _free_label_box(placed, tx, py - 8, _text_width(label), right_half, top, height - bottom)
+        placed.append(box)
+        ty = box[3] - _LABEL_DESCENT
+        if abs(ty - (py - 8)) > 0.5:  # moved off its point: a leader line says whose label it is
+            body.append(f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{tx:.1f}" y2="{ty - 4:.1f}" stroke="{c}"/>')
+        body.append(f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" fill="#222">{escape(label)}</text>')
     return _svg(width, height, body, f"{ylabel} vs {xlabel}")
+
+
+#: 11 px system-ui: ~6.2 px per character is wide enough for the labels mpk writes (ids, device names)
+_CHAR_W, _LABEL_H, _LABEL_DESCENT = 6.2, 13.0, 3.0
+
+
+def _text_width(text: str) -> float:
+    return len(text) * _CHAR_W
+
+
+def label_boxes_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Boxes are (x0, y0, x1, y1), y growing down."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _free_label_box(
+    placed: list[tuple[float, float, float, float]],
+    tx: float,
+    baseline: float,
+    w: float,
+    grows_left: bool,
+    y_min: float,
+    y_max: float,
+) -> tuple[float, float, float, float]:
+    """The box nearest ``baseline`` (trying above and below in turn) that overlaps no placed label.
+
+    Points with close latency and accuracy (an int8 and an fp32 of one backend, say) otherwise print their
+    labels on top of each other.
+    """
+    x0, x1 = (tx - w, tx) if grows_left else (tx, tx + w)
+
+    def box(b: float) -> tuple[float, float, float, float]:
+        return (x0, b - _LABEL_H + _LABEL_DESCENT, x1, b + _LABEL_DESCENT)
+
+    for step in range(60):
+        for sign in (-1, 1) if step else (1,):
+            b = baseline + sign * step * _LABEL_H
+            candidate = box(b)
+            inside = y_min <= candidate[1] and candidate[3] <= y_max
+            if inside and not any(label_boxes_overlap(candidate, p) for p in placed):
+                return candidate
+    return box(baseline)  # a crowd too big to separate: overlap rather than vanish
 
 
 def trend_lines(series: dict[str, list[float]], *, unit: str = "ms", width: int = 900, height: int = 260) -> str:
