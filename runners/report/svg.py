@@ -155,7 +155,8 @@ def scatter(
         if ylo <= t <= yhi:
             body.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#444">{_fmt(t)}</text>')
     body.append(f'<text x="{left}" y="{top - 3}" fill="#444">{escape(ylabel)}</text>')
-    placed: list[tuple[float, float, float, float]] = []
+    # every point is an obstacle too, so no label covers another point
+    placed = [(sx(x) - 5, sy(y) - 5, sx(x) + 5, sy(y) + 5) for _, x, y in points]
     for i, (label, x, y) in enumerate(points):
         c = PALETTE[i % len(PALETTE)]
         px, py = sx(x), sy(y)
