@@ -324,10 +324,19 @@ def timings_from_executor_runner(out: ExecutorRunnerOutput, warmup: int) -> Nati
 
 
 class NativeToolDriver(Driver):
-    """A driver around a native benchmark binary found via ``env_var``, the PATH, or pushed to the device."""
+    """A driver around a native benchmark binary found via ``env_var``, the PATH, or pushed to the device.
+
+    A subclass names its tool and says how one run goes (:meth:`_attempt`); staging, the two-pass
+    iteration plan and the result document are the same for every tool.
+    """
 
     env_var: str
     binary: str
+    #: the one backend this tool runs, and what an artifact of another backend is told
+    backend: str
+    unsupported: str
+    #: ``runtimes["timing"]`` when a run yields no per-iteration samples, only a summary
+    summary_only_note: str
 
     def probe(self, device: DeviceSpec) -> Probe:
         try:
@@ -339,6 +348,65 @@ class NativeToolDriver(Driver):
         except (RuntimeMissing, DeviceError) as e:
             return Probe(False, e.format_message())
 
+    def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
+        from runners.contract import validate_result
+        from runners.host_runner import utc_now
+
+        started = utc_now()
+        target = open_target(device, spec["run_id"])
+        try:
+            binary = resolve_binary(target, self.env_var, self.binary)
+            facts = target.facts()
+            arts, summary_only = [], False
+            for art in spec["artifacts"]:
+                if art["backend"] != self.backend:
+                    arts.append(artifact_result(art, None, ("unsupported", self.unsupported)))
+                    continue
+                for extra in art.get("extra_files") or []:  # external weights must sit next to the model
+                    target.stage(Path(spec_dir) / extra, extra)
+                model = target.stage(Path(spec_dir) / art["path"], art["path"])
+                (timings, err), no_samples = self._measure(target, binary, model, spec["settings"], timeout_s)
+                summary_only |= no_samples
+                arts.append(artifact_result(art, timings, err))
+        finally:
+            target.close()
+        runtimes = {self.binary: binary}
+        if summary_only:
+            runtimes["timing"] = self.summary_only_note
+        result = build_result(spec, device, self.name, runtimes, facts, started, arts)
+        return validate_result(result, what=f"{self.binary} result for {device.id}")
+
+    def _attempt(
+        self, target: Target, binary: str, model: str, s: dict, iterations: int, timeout_s: float
+    ) -> tuple[NativeTimings | None, tuple[str, str] | None]:
+        """One run of the tool with ``iterations`` timed iterations: its timings, or (kind, message)."""
+        raise NotImplementedError
+
+    def _measure(
+        self, target: Target, binary: str, model: str, s: dict, timeout_s: float
+    ) -> tuple[tuple[NativeTimings | None, tuple[str, str] | None], bool]:
+        """min_iterations first; a fixed-count tool runs again, long enough for min_seconds, if that was short.
+
+        Returns ((timings, error), True when the timings hold no per-iteration samples).
+        """
+        t, err = self._attempt(target, binary, model, s, int(s["min_iterations"]), timeout_s)
+        if t is None:
+            return (None, err), False
+        mean = (sum(t.samples_ms) / len(t.samples_ms)) if t.samples_ms else t.aggregate_mean_ms
+        n = plan_iterations(s, mean)
+        if n > int(s["min_iterations"]):
+            again, err2 = self._attempt(target, binary, model, s, n, timeout_s)
+            if again is not None and err2 is None:
+                t = again
+        return (t, None), not t.samples_ms
+
+
+def failure(ex: Exec, what: str, loaded: bool) -> tuple[str, str]:
+    """(kind, message) for a tool run that exited non-zero or printed no result."""
+    kind = "timeout" if ex.exit_code == 124 else ("inference" if loaded else "load")
+    tail = " ".join(ex.text.strip().splitlines()[-3:])[-600:]
+    return kind, f"{what} exited {ex.exit_code}: {tail}"
+
 
 class ExecutorRunnerDriver(NativeToolDriver):
     """devices.yaml ``runner: executor_runner``: ExecuTorch's C++ runner, no app in between."""
@@ -347,56 +415,18 @@ class ExecutorRunnerDriver(NativeToolDriver):
     backends = ("executorch",)
     env_var = "MPK_EXECUTOR_RUNNER"
     binary = "executor_runner"
+    backend = "executorch"
+    unsupported = "executor_runner runs .pte files only"
+    summary_only_note = "aggregate-only: this executor_runner prints no per-iteration times"
 
-    def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
-        from runners.contract import validate_result
-        from runners.host_runner import utc_now
-
-        started = utc_now()
-        target = open_target(device, spec["run_id"])
-        try:
-            binary = resolve_binary(target, self.env_var, "executor_runner")
-            facts = target.facts()
-            s = spec["settings"]
-            arts, aggregate_only = [], False
-            for art in spec["artifacts"]:
-                if art["backend"] != "executorch":
-                    arts.append(artifact_result(art, None, ("unsupported", "executor_runner runs .pte files only")))
-                    continue
-                model = target.stage(Path(spec_dir) / art["path"], art["path"])
-                cwd = str(Path(model).parent)
-                res, agg = self._measure(target, binary, model, cwd, s, timeout_s)
-                aggregate_only |= agg
-                arts.append(artifact_result(art, *res))
-        finally:
-            target.close()
-        runtimes = {"executor_runner": binary}
-        if aggregate_only:
-            runtimes["timing"] = "aggregate-only: this executor_runner prints no per-iteration times"
-        result = build_result(spec, device, self.name, runtimes, facts, started, arts)
-        return validate_result(result, what=f"executor_runner result for {device.id}")
-
-    def _measure(
-        self, target: Target, binary: str, model: str, cwd: str, s: dict, timeout_s: float
-    ) -> tuple[tuple[NativeTimings | None, tuple[str, str] | None], bool]:
+    def _attempt(
+        self, target: Target, binary: str, model: str, s: dict, iterations: int, timeout_s: float
+    ) -> tuple[NativeTimings | None, tuple[str, str] | None]:
         warmup = int(s["warmup_iterations"])
         affinity = tuple(s["cpu_affinity"]) if s.get("cpu_affinity") else None
-
-        def once(n: int) -> tuple[ExecutorRunnerOutput, Exec]:
-            argv = executor_runner_argv(binary, model, executions=1 + warmup + n, threads=s.get("threads"))
-            ex = target.execute(argv, cwd=cwd, timeout=timeout_s, affinity=affinity)
-            return parse_executor_runner(ex.text), ex
-
-        out, ex = once(int(s["min_iterations"]))
+        argv = executor_runner_argv(binary, model, executions=1 + warmup + iterations, threads=s.get("threads"))
+        ex = target.execute(argv, cwd=str(Path(model).parent), timeout=timeout_s, affinity=affinity)
+        out = parse_executor_runner(ex.text)
         if ex.exit_code != 0 or not out.ok:
-            kind = "timeout" if ex.exit_code == 124 else ("load" if out.load_ms is None else "inference")
-            tail = " ".join(ex.text.strip().splitlines()[-3:])[-600:]
-            return (None, (kind, f"executor_runner exited {ex.exit_code}: {tail}")), False
-        t = timings_from_executor_runner(out, warmup)
-        mean = (sum(t.samples_ms) / len(t.samples_ms)) if t.samples_ms else t.aggregate_mean_ms
-        n = plan_iterations(s, mean)
-        if n > int(s["min_iterations"]):  # a fixed-count runner: a second run long enough for min_seconds
-            out2, ex2 = once(n)
-            if ex2.exit_code == 0 and out2.ok:
-                t = timings_from_executor_runner(out2, warmup)
-        return (t, None), not t.samples_ms
+            return None, failure(ex, "executor_runner", loaded=out.load_ms is not None)
+        return timings_from_executor_runner(out, warmup), None

@@ -42,20 +42,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from runners.devices import DeviceSpec
-from runners.drivers.native_executorch import (
-    Exec,
-    NativeTimings,
-    NativeToolDriver,
-    Target,
-    artifact_result,
-    build_result,
-    open_target,
-    plan_iterations,
-    resolve_binary,
-)
+from runners.drivers.native_executorch import NativeTimings, NativeToolDriver, Target, failure
 
 _NUM = r"([-+0-9.eE]+)"
 _FIELDS = {
@@ -155,60 +143,22 @@ class OrtPerfTestDriver(NativeToolDriver):
     backends = ("onnx",)
     env_var = "MPK_ONNXRUNTIME_PERF_TEST"
     binary = "onnxruntime_perf_test"
+    backend = "onnx"
+    unsupported = "onnxruntime_perf_test runs .onnx only"
+    summary_only_note = "percentiles-only: the per-run result file could not be read back"
 
-    def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
-        from runners.contract import validate_result
-        from runners.host_runner import utc_now
-
-        started = utc_now()
-        target = open_target(device, spec["run_id"])
-        try:
-            binary = resolve_binary(target, self.env_var, "onnxruntime_perf_test")
-            facts = target.facts()
-            arts, percentiles_only = [], False
-            for art in spec["artifacts"]:
-                if art["backend"] != "onnx":
-                    arts.append(artifact_result(art, None, ("unsupported", "onnxruntime_perf_test runs .onnx only")))
-                    continue
-                for extra in art.get("extra_files") or []:  # external weights must sit next to the model
-                    target.stage(Path(spec_dir) / extra, extra)
-                model = target.stage(Path(spec_dir) / art["path"], art["path"])
-                (timings, err), agg = self._measure(target, binary, model, spec["settings"], timeout_s)
-                percentiles_only |= agg
-                arts.append(artifact_result(art, timings, err))
-        finally:
-            target.close()
-        runtimes = {"onnxruntime_perf_test": binary}
-        if percentiles_only:
-            runtimes["timing"] = "percentiles-only: the per-run result file could not be read back"
-        result = build_result(spec, device, self.name, runtimes, facts, started, arts)
-        return validate_result(result, what=f"onnxruntime_perf_test result for {device.id}")
-
-    def _measure(
-        self, target: Target, binary: str, model: str, s: dict, timeout_s: float
-    ) -> tuple[tuple[NativeTimings | None, tuple[str, str] | None], bool]:
+    def _attempt(
+        self, target: Target, binary: str, model: str, s: dict, iterations: int, timeout_s: float
+    ) -> tuple[NativeTimings | None, tuple[str, str] | None]:
         warmup = int(s["warmup_iterations"])
         cwd = str(Path(model).parent)
         result_file = f"{cwd}/{Path(model).stem}.perf_test.csv"
         affinity = tuple(s["cpu_affinity"]) if s.get("cpu_affinity") else None
-
-        def once(n: int) -> tuple[PerfTestSummary, list[float], Exec]:
-            target.execute(["rm", "-f", result_file], cwd=cwd, timeout=30)  # the tool appends to it
-            argv = perf_test_argv(binary, model, result_file, repetitions=warmup + n, threads=s.get("threads"))
-            ex = target.execute(argv, cwd=cwd, timeout=timeout_s, affinity=affinity)
-            rows = parse_perf_test_result_file(target.read_text(result_file) or "")
-            return parse_perf_test_stdout(ex.text), rows, ex
-
-        summary, rows, ex = once(int(s["min_iterations"]))
+        target.execute(["rm", "-f", result_file], cwd=cwd, timeout=30)  # the tool appends to it
+        argv = perf_test_argv(binary, model, result_file, repetitions=warmup + iterations, threads=s.get("threads"))
+        ex = target.execute(argv, cwd=cwd, timeout=timeout_s, affinity=affinity)
+        rows = parse_perf_test_result_file(target.read_text(result_file) or "")
+        summary = parse_perf_test_stdout(ex.text)
         if ex.exit_code != 0 or not summary.ok:
-            kind = "timeout" if ex.exit_code == 124 else ("load" if summary.session_creation_s is None else "inference")
-            tail = " ".join(ex.text.strip().splitlines()[-3:])[-600:]
-            return (None, (kind, f"onnxruntime_perf_test exited {ex.exit_code}: {tail}")), False
-        t = timings_from_perf_test(summary, rows, warmup)
-        mean = (sum(t.samples_ms) / len(t.samples_ms)) if t.samples_ms else t.aggregate_mean_ms
-        n = plan_iterations(s, mean)
-        if n > int(s["min_iterations"]):
-            summary2, rows2, ex2 = once(n)
-            if ex2.exit_code == 0 and summary2.ok:
-                t = timings_from_perf_test(summary2, rows2, warmup)
-        return (t, None), not t.samples_ms
+            return None, failure(ex, "onnxruntime_perf_test", loaded=summary.session_creation_s is not None)
+        return timings_from_perf_test(summary, rows, warmup), None

@@ -94,3 +94,20 @@ def test_missing_binary_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("PATH", "/nonexistent")
     probe = get_driver("executor_runner").probe(DeviceSpec(id="host", kind="host", runner="executor_runner"))
     assert not probe.reachable and "MPK_EXECUTOR_RUNNER" in probe.detail
+
+
+@pytest.mark.parametrize(
+    ("runner", "env", "backend", "ext"),
+    [("executor_runner", "MPK_EXECUTOR_RUNNER", "executorch", "pte"),
+     ("onnxruntime_perf_test", "MPK_ONNXRUNTIME_PERF_TEST", "onnx", "onnx")],
+)  # fmt: skip
+def test_a_tool_that_fails_to_load_is_an_error_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner, env,
+                                                     backend, ext):  # fmt: skip
+    broken = "#!/bin/sh\necho 'cannot open model: bad magic' >&2\nexit 3\n"
+    monkeypatch.setenv(env, str(_script(tmp_path / runner, broken)))
+    device = DeviceSpec(id="host", kind="host", runner=runner)
+    result = get_driver(runner).run(tmp_path, _spec(tmp_path, backend, ext), device, timeout_s=60)
+    assert schema_problems(result, "runner_result") == []
+    bad = result["artifacts"][0]
+    assert bad["status"] == "error" and bad["error"]["kind"] == "load", bad
+    assert f"{runner} exited 3" in bad["error"]["message"] and "bad magic" in bad["error"]["message"]
