@@ -64,12 +64,10 @@ def _session(model_bytes: bytes) -> Any:
 def _channel_means(model: Any, names: list[str], feeds: list[Feed]) -> list[np.ndarray]:
     """Per-channel (axis 1) mean of each tensor in ``names`` over all samples and all other axes."""
     sess = _session(_with_outputs(model, names))
-    index = {o.name: i for i, o in enumerate(sess.get_outputs())}
     sums: list[np.ndarray | None] = [None] * len(names)
     for feed in feeds:
-        outs = sess.run(None, feed)
-        for k, name in enumerate(names):
-            t = np.asarray(outs[index[name]], dtype=np.float64)
+        for k, out in enumerate(sess.run(names, feed)):
+            t = np.asarray(out, dtype=np.float64)
             m = t.mean(axis=tuple(a for a in range(t.ndim) if a != 1))
             sums[k] = m if sums[k] is None else sums[k] + m
     return [s / len(feeds) for s in sums]  # type: ignore[operator]

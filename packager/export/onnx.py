@@ -52,16 +52,18 @@ def _preprocess(src: Path, external: bool) -> Path:
     return pre
 
 
+def _feeds(names: list[str], dataset: Dataset) -> list[dict[str, np.ndarray]]:
+    """One onnxruntime feed dict (input name -> float32 array) per sample."""
+    return [
+        {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)} for s in dataset.samples
+    ]
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over a Dataset: one feed dict per sample, then None."""
 
     def __init__(self, names: list[str], dataset: Dataset) -> None:
-        self._it = iter(
-            [
-                {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)}
-                for s in dataset.samples
-            ]
-        )
+        self._it = iter(_feeds(names, dataset))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -187,11 +189,7 @@ class OnnxExporter(Exporter):
 
         from packager.export.bias_correction import correct_biases
 
-        names = [s.name for s in model.inputs]
-        feeds = [
-            {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)}
-            for s in calibration.samples
-        ]
+        feeds = _feeds([s.name for s in model.inputs], calibration)
         try:
             out, report = correct_biases(onnx.load(str(fp32)), onnx.load(str(plain)), feeds)
             onnx.save(out, str(dst))

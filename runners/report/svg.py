@@ -167,7 +167,7 @@ def scatter(
         # labels on the right half grow leftwards so they stay inside the plot
         right_half = px > left + (width - left - right) / 2
         tx, anchor = (px - 7, "end") if right_half else (px + 7, "start")
-        box = _free_label_box(placed, tx, py - 8, _text_width(label), right_half, top, height - bottom)
+        box = _free_label_box(placed, tx, py - 8, len(label) * _CHAR_W, right_half, top, height - bottom)
         placed.append(box)
         ty = box[3] - _LABEL_DESCENT
         if abs(ty - (py - 8)) > 0.5:  # moved off its point: a leader line says whose label it is
@@ -180,11 +180,7 @@ def scatter(
 _CHAR_W, _LABEL_H, _LABEL_DESCENT = 6.2, 13.0, 3.0
 
 
-def _text_width(text: str) -> float:
-    return len(text) * _CHAR_W
-
-
-def label_boxes_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     """Boxes are (x0, y0, x1, y1), y growing down."""
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
@@ -213,7 +209,7 @@ def _free_label_box(
             b = baseline + sign * step * _LABEL_H
             candidate = box(b)
             inside = y_min <= candidate[1] and candidate[3] <= y_max
-            if inside and not any(label_boxes_overlap(candidate, p) for p in placed):
+            if inside and not any(_overlap(candidate, p) for p in placed):
                 return candidate
     return box(baseline)  # a crowd too big to separate: overlap rather than vanish
 
