@@ -31,6 +31,11 @@ def command(*names: str):
     return wrap
 
 
+def _input(sh: Shell, paths: list[str], io: Io) -> bytes:
+    """The named files concatenated, or stdin when none are named (as cat, grep, head... read)."""
+    return b"".join(sh.host_path(p).read_bytes() for p in paths) if paths else io.stdin
+
+
 def _flags(args: list[str], known: str) -> tuple[set[str], list[str]]:
     """Split leading single-letter flags (``-rf`` -> {r, f}) from operands."""
     flags: set[str] = set()
@@ -197,7 +202,7 @@ def _head_tail(tail: bool) -> Builtin:
                 n = int(a[1:])
             else:
                 rest.append(a)
-        data = b"".join(sh.host_path(p).read_bytes() for p in rest) if rest else io.stdin
+        data = _input(sh, rest, io)
         lines = data.splitlines(keepends=True)
         io.out(b"".join(lines[-n:] if tail else lines[:n]) if n else b"")
         return 0
@@ -216,7 +221,7 @@ def _grep(sh: Shell, args: list[str], io: Io) -> int:
         io.err("usage: grep [-qvicF] PATTERN [FILE...]\n")
         return 2
     pat, files = rest[0], rest[1:]
-    data = b"".join(sh.host_path(p).read_bytes() for p in files) if files else io.stdin
+    data = _input(sh, files, io)
     hits = []
     for line in data.decode(errors="replace").splitlines():
         a, b = (line.lower(), pat.lower()) if "i" in flags else (line, pat)
@@ -368,7 +373,7 @@ def _stat(sh: Shell, args: list[str], io: Io) -> int:
 @command("wc")
 def _wc(sh: Shell, args: list[str], io: Io) -> int:
     flags, paths = _flags(args, "clw")
-    data = b"".join(sh.host_path(p).read_bytes() for p in paths) if paths else io.stdin
+    data = _input(sh, paths, io)
     count = len(data) if "c" in flags else data.count(b"\n")
     io.out(f"{count}\n")
     return 0
