@@ -125,7 +125,7 @@ def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) 
 @click.option(
     "--bias-correction/--no-bias-correction",
     default=None,
-    help="ONNX int8: correct Conv biases for int8's mean shift on the calibration data (default on).",
+    help="Static int8 (ExecuTorch, ONNX): correct Conv biases for int8's mean shift on calibration data (default on).",
 )
 @click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Export everything afresh.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")

@@ -54,7 +54,7 @@ class Recipe:
     reference_samples: int = 16
     #: pruning / distillation / QAT / mixed precision applied before export (packager/compress/recipe_io.py)
     compression: dict[str, Any] | None = None
-    #: onnx static int8: correct Conv biases for int8's mean shift (packager/export/bias_correction.py)
+    #: static int8 (executorch, onnx): correct Conv biases for int8's mean shift (packager/export/*bias_correction.py)
     bias_correction: bool = True
 
     def __post_init__(self) -> None:

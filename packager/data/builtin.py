@@ -51,7 +51,7 @@ def skimage_data_dir() -> Path:
 
 
 #: the other natural images in skimage/data, never used for calibration or evaluation: a held-out check for
-#: quantizer changes (bench/onnx_bias_correction.py). Several are textures or diagrams on which fp32 itself is
+#: quantizer changes (bench/bias_correction.py). Several are textures or diagrams on which fp32 itself is
 #: unsure, so compare agreement there on the samples fp32 is confident about.
 HELD_OUT_PHOTOS = (
     "brick.png",

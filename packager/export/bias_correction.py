@@ -18,8 +18,9 @@ from a few dozen samples is mostly noise: correcting the classifier as well lowe
 EfficientNet-Lite0, on the evaluation views and on 17 held-out images alike.
 
 The result is kept only if the corrected model's outputs are closer to fp32 on the calibration samples
-than the uncorrected model's (mean squared error). Otherwise the plain quantized model is written and
-the report says why.
+than the uncorrected model's (mean cosine similarity, see :func:`closer_to_fp32`). Otherwise the plain
+quantized model is written and the report says why. :mod:`packager.export.pt2e_bias_correction` does the
+same for ExecuTorch's PT2E int8.
 
 The corrected bias stays an int32 tensor with ORT's scale (input scale x weight scale), so the graph is
 the same QDQ graph ORT's kernels fuse. Only bias values change.
@@ -73,13 +74,44 @@ def _channel_means(model: Any, names: list[str], feeds: list[Feed]) -> list[np.n
     return [s / len(feeds) for s in sums]  # type: ignore[operator]
 
 
-def _outputs_mse(model_bytes: bytes, feeds: list[Feed], reference: list[list[np.ndarray]]) -> float:
+def _outputs(model_bytes: bytes, feeds: list[Feed]) -> list[list[np.ndarray]]:
     sess = _session(model_bytes)
-    errs = []
-    for feed, ref in zip(feeds, reference, strict=True):
-        for got, want in zip(sess.run(None, feed), ref, strict=True):
-            errs.append(float(np.mean((np.asarray(got, np.float64) - want) ** 2)))
-    return float(np.mean(errs))
+    return [[np.asarray(o, np.float64) for o in sess.run(None, feed)] for feed in feeds]
+
+
+def closer_to_fp32(
+    reference: list[list[np.ndarray]], before: list[list[np.ndarray]], after: list[list[np.ndarray]]
+) -> tuple[bool, dict[str, float]]:
+    """Did correction bring the outputs closer to fp32? One list of output arrays per sample in each argument.
+
+    Judged on the mean cosine similarity per sample, the metric ``mpk package`` verifies artifacts on (all of
+    a sample's outputs as one vector). Not on squared error: on EfficientNet-Lite0's ExecuTorch int8 the
+    correction lifts cosine on 32 calibration views from 0.9926 to 0.9961 (and top-1 agreement on 204 held-out
+    views from 0.77 to 0.85), but it also makes the logits ~10% smaller, which alone raises their squared
+    error, without changing any ranking. Both numbers, and that scale, are returned for the report.
+    """
+
+    def stats(got: list[list[np.ndarray]]) -> tuple[float, float, float]:
+        cos, mse, scale = [], [], []
+        for g_outs, r_outs in zip(got, reference, strict=True):
+            g = np.concatenate([np.asarray(x, np.float64).ravel() for x in g_outs])
+            r = np.concatenate([np.asarray(x, np.float64).ravel() for x in r_outs])
+            gn, rn = float(np.linalg.norm(g)), float(np.linalg.norm(r))
+            cos.append(float(g @ r) / (gn * rn) if gn > 0 and rn > 0 else float(np.array_equal(g, r)))
+            mse.append(float(np.mean((g - r) ** 2)))
+            scale.append(gn / rn if rn > 0 else 1.0)
+        return float(np.mean(cos)), float(np.mean(mse)), float(np.mean(scale))
+
+    (cos0, mse0, scale0), (cos1, mse1, scale1) = stats(before), stats(after)
+    numbers = {
+        "output_cosine_before": round(cos0, 8),
+        "output_cosine_after": round(cos1, 8),
+        "output_mse_before": mse0,
+        "output_mse_after": mse1,
+        "output_scale_before": round(scale0, 4),
+        "output_scale_after": round(scale1, 4),
+    }
+    return cos1 > cos0, numbers
 
 
 class _Bias:
@@ -187,16 +219,14 @@ def correct_biases(
     if not layers:
         report.update(applied=False, reason="no biased Conv to correct" if feeds else "no samples")
         return quant, report
-    fp32_sess = _session(fp32.SerializeToString())
-    reference = [[np.asarray(o, np.float64) for o in fp32_sess.run(None, feed)] for feed in feeds]
-    before = _outputs_mse(quant.SerializeToString(), feeds, reference)
-    after = _outputs_mse(corrected.SerializeToString(), feeds, reference)
-    applied = after < before
+    reference = _outputs(fp32.SerializeToString(), feeds)
+    before = _outputs(quant.SerializeToString(), feeds)
+    after = _outputs(corrected.SerializeToString(), feeds)
+    applied, numbers = closer_to_fp32(reference, before, after)
     report.update(
         applied=applied,
         largest_channel_shift=round(max(la["largest_shift"] for la in layers), 6),
-        output_mse_before=before,
-        output_mse_after=after,
+        **numbers,
         seconds=round(time.perf_counter() - start, 2),
     )
     if not applied:

@@ -46,7 +46,7 @@ BACKENDS: dict[str, BackendCapabilities] = {
         description="ExecuTorch program lowered to the XNNPACK delegate (Android/iOS CPU)",
         schemes={
             "fp32": "float32 weights and activations, XNNPACK-delegated",
-            "int8": "PT2E XNNPACKQuantizer static int8, per-channel weights, calibrated activations",
+            "int8": "PT2E XNNPACKQuantizer static int8, per-channel weights, calibrated activations, bias-corrected",
             "int8-dynamic": "dynamic int8 (weights int8, activations quantized at run time); for linear-heavy models",
         },
         needs_calibration=frozenset({"int8"}),

@@ -1,5 +1,9 @@
 """ExecuTorch exporter: torch.export -> (PT2E int8) -> edge -> XNNPACK delegate -> ``.pte``.
 
+Static int8 is PT2E with XNNPACK's quantizer (with ReLU6 observed behind the clamp, see
+``_clamp_aware_quantizer``), calibrated on the Dataset; then the conv biases are bias-corrected on the same
+samples (:mod:`packager.export.pt2e_bias_correction`), as for ONNX. ``bias_correction=False`` skips that.
+
 An operator XNNPACK cannot take is not an error: it stays in the graph and runs
 on ExecuTorch's portable kernels, which is slow on a phone. We record it in
 ``delegation["undelegated"]`` so the manifest (and a reviewer) sees it. A failure
@@ -126,8 +130,13 @@ def _clamp_aware_quantizer(config: Any) -> Any:
     return ClampAwareXNNPACKQuantizer()
 
 
-def _quantize_pt2e(model: LoadedModel, ep: Any, scheme: str, calibration: Dataset | None) -> Any:
-    """PT2E: prepare with XNNPACKQuantizer, calibrate (static only), convert, re-export."""
+def _quantize_pt2e(
+    model: LoadedModel, ep: Any, scheme: str, calibration: Dataset | None, bias_correction: bool
+) -> tuple[Any, dict[str, Any] | None]:
+    """PT2E: prepare with XNNPACKQuantizer, calibrate (static only), convert, bias-correct, re-export.
+
+    Returns the quantized ExportedProgram and, for static int8, the bias-correction report.
+    """
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -135,22 +144,31 @@ def _quantize_pt2e(model: LoadedModel, ep: Any, scheme: str, calibration: Datase
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from packager.export import pt2e_bias_correction as bc
+
     dynamic = scheme == "int8-dynamic"
     if not dynamic and (calibration is None or len(calibration) == 0):
         raise DataError("executorch int8 needs calibration samples (static activation ranges); none were given")
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     quantizer = (XNNPACKQuantizer() if dynamic else _clamp_aware_quantizer(config)).set_global(config)
+    report: dict[str, Any] | None = None
     try:
         prepared = prepare_pt2e(ep.module(), quantizer)
         with torch.no_grad():
             # dynamic schemes need one pass to materialise observers; static ones need the calibration set
-            samples = calibration.samples if calibration is not None and len(calibration) else [model.example_inputs]
-            for sample in samples:
-                prepared(*(torch.as_tensor(np.asarray(a)) for a in sample))
+            raw = calibration.samples if calibration is not None and len(calibration) else [model.example_inputs]
+            samples = [tuple(torch.as_tensor(np.asarray(a)) for a in sample) for sample in raw]
+            correct = bias_correction and not dynamic
+            fp32 = bc.calibrate(prepared, samples, record=bc.MAX_SAMPLES if correct else 0)
             converted = convert_pt2e(prepared)
-            return torch.export.export(
+            if correct:
+                report = bc.correct_biases(converted, samples, fp32)
+            elif not dynamic:
+                report = {"applied": False, "reason": "turned off (bias_correction: false)"}
+            quantized = torch.export.export(
                 converted, tuple(model.example_inputs), dynamic_shapes=dynamic_shapes(model), strict=False
             )
+            return quantized, report
     except (DataError, UsageError):
         raise
     except Exception as e:
@@ -161,14 +179,19 @@ class ExecuTorchExporter(Exporter):
     name = "executorch"
     suffix = ".pte"
 
+    def __init__(self, *, bias_correction: bool = True) -> None:
+        #: static int8 only: correct conv biases for the mean shift int8 weights cause (recipe ``bias_correction``)
+        self.bias_correction = bias_correction
+
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
         check_combination(self.name, scheme)
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
         ep = capture(model, self.name)
+        correction = None
         if scheme in ("int8", "int8-dynamic"):
-            ep = _quantize_pt2e(model, ep, scheme, calibration)
+            ep, correction = _quantize_pt2e(model, ep, scheme, calibration, self.bias_correction)
         try:
             edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
         except Exception as e:
@@ -189,6 +212,8 @@ class ExecuTorchExporter(Exporter):
                 "dynamic": scheme == "int8-dynamic",
                 "calibration_samples": len(calibration) if calibration is not None and scheme == "int8" else 0,
             }
+            if correction is not None:
+                details["quantizer"]["bias_correction"] = correction
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,

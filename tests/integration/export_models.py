@@ -57,6 +57,25 @@ class DataDependent(torch.nn.Module):
         return -self.fc(x)
 
 
+class DWNet(torch.nn.Module):
+    """A stem conv and three depthwise-separable blocks with ReLU6: the layer shapes of a mobile CNN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(3):
+            self.blocks.append(torch.nn.Conv2d(16, 16, 3, padding=1, groups=16))
+            self.blocks.append(torch.nn.Conv2d(16, 16, 1))
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu6(self.stem(x))
+        for block in self.blocks:
+            x = torch.nn.functional.relu6(block(x))
+        return self.fc(torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1))
+
+
 def loaded(module: torch.nn.Module, shape: tuple[int, ...], name: str, in_name: str = "x") -> LoadedModel:
     torch.manual_seed(0)
     module.eval()

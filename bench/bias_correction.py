@@ -1,9 +1,11 @@
-"""What does bias correction do to ONNX int8, on the evaluation set and on images it never saw?
+"""What does bias correction do to int8, on the evaluation set and on images it never saw?
 
-Prints one table. The fp32 ONNX export and two int8 exports, from the same 32 calibration views:
-ORT's ``quantize_static`` as it comes, and the same model after mpk's bias correction
-(packager/export/bias_correction.py). mpk's ExecuTorch int8 from the same views is the third row,
-for reference. Each is compared with the fp32 PyTorch model on:
+Prints one table per data set. Four int8 exports from the same 32 calibration views: for ONNX, ORT's
+``quantize_static`` as it comes and the same model after mpk's bias correction
+(packager/export/bias_correction.py); for ExecuTorch, PT2E with XNNPACK's quantizer as mpk configures it,
+with and without its bias correction (packager/export/pt2e_bias_correction.py). Each artifact runs on its
+own host runtime (ONNX Runtime, ExecuTorch pybindings with XNNPACK) and is compared with the fp32 PyTorch
+model on:
 
 * ``eval``: mpk's evaluation set for the model (for EfficientNet-Lite0, 96 views of 8 skimage photos, at
   scales the calibration never used). This is the set ``mpk package`` verifies on;
@@ -14,8 +16,11 @@ for reference. Each is compared with the fp32 PyTorch model on:
 
 Usage::
 
-    python bench/onnx_bias_correction.py                     # efficientnet-lite0, ~2 min on 2 cores
-    python bench/onnx_bias_correction.py --model digits-cnn  # quick (no held-out set)
+    python bench/bias_correction.py                     # efficientnet-lite0, ~4 min on 2 cores
+    python bench/bias_correction.py --model digits-cnn  # quick (no held-out set)
+
+``scale`` is the mean ratio of the int8 logits' norm to fp32's: 1.0 means the same size. Top-1 and cosine
+do not see it; softmax probabilities do.
 """
 
 from __future__ import annotations
@@ -41,7 +46,11 @@ def _row(name: str, ref: np.ndarray, got: np.ndarray) -> str:
 
     m = compute_metrics([ref], [got], classifier=True)
     agree = round(m["top1_agreement"] * len(ref))
-    return f"{name:<22} {agree:>4}/{len(ref):<4} {m['top1_agreement']:>7.3f} {m['cosine']:>8.4f} {m['snr_db']:>7.1f}"
+    scale = float(np.mean(np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
+    return (
+        f"{name:<26} {agree:>4}/{len(ref):<4} {m['top1_agreement']:>7.3f} {m['cosine']:>8.4f} "
+        f"{m['snr_db']:>7.1f} {scale:>6.3f}"
+    )
 
 
 def main() -> None:
@@ -54,7 +63,7 @@ def main() -> None:
 
     from packager.data import load_dataset
     from packager.data.builtin import HELD_OUT_PHOTOS, photo_views
-    from packager.export import get_exporter
+    from packager.export.executorch import ExecuTorchExporter
     from packager.export.onnx import OnnxExporter
     from packager.models import load_model
     from packager.models.loaders import example_shape
@@ -74,15 +83,16 @@ def main() -> None:
     refs = {k: _outputs(torch_run, d.samples) for k, d in sets.items()}
     with tempfile.TemporaryDirectory() as tmp:
         arts, secs = {}, {}
-        makers = [("ORT quantize_static", OnnxExporter(bias_correction=False))]
-        makers += [("+ bias correction", OnnxExporter(bias_correction=True))]
-        makers += [("executorch int8 (ref.)", get_exporter("executorch"))]
+        makers = [("onnx: quantize_static", OnnxExporter(bias_correction=False))]
+        makers += [("onnx: + bias correction", OnnxExporter(bias_correction=True))]
+        makers += [("executorch: PT2E", ExecuTorchExporter(bias_correction=False))]
+        makers += [("executorch: + bias corr.", ExecuTorchExporter(bias_correction=True))]
         for k, (label, ex) in enumerate(makers):
             t0 = time.perf_counter()
             arts[label] = (ex, ex.export(model, "int8", cal, Path(tmp) / str(k)))
             secs[label] = time.perf_counter() - t0
         print(f"\nmodel={a.model}  int8 vs fp32 PyTorch  calibration={len(cal)} views")
-        head = f"{'':<22} {'top-1 agree':>9} {'':>7} {'cosine':>8} {'SNR dB':>7}"
+        head = f"{'':<26} {'top-1 agree':>9} {'':>7} {'cosine':>8} {'SNR dB':>7} {'scale':>6}"
         for key, data in sets.items():
             ref = refs[key]
             print(f"\n[{key}] {data.source}, {len(ref)} samples")
@@ -100,8 +110,8 @@ def main() -> None:
                 if sure is not None:
                     print(_row("  fp32 sure only", ref[sure], got[sure]))
         print("\nexport time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))
-        report = arts["+ bias correction"][1].details["quantizer"]["bias_correction"]
-        print(f"bias correction: {report}")
+        for label in ("onnx: + bias correction", "executorch: + bias corr."):
+            print(f"{label}: {arts[label][1].details['quantizer']['bias_correction']}")
 
 
 if __name__ == "__main__":
