@@ -86,16 +86,36 @@ def test_the_one_pass_walk_gives_what_the_corrected_graph_computes(pt2e) -> None
             np.testing.assert_allclose(got, fixed(*s).double().numpy(), atol=1e-5)
 
 
-def test_biases_are_put_back_when_correction_does_not_help(pt2e, monkeypatch) -> None:
+def _refuse(*_a):
+    return (False, {})
+
+
+def _crash(*_a):
+    raise RuntimeError("simulated bug in the guard")
+
+
+@pytest.mark.parametrize(("guard", "reason"), [(_refuse, "not closer"), (_crash, "correction failed")])
+def test_biases_are_put_back_when_correction_does_not_help(pt2e, monkeypatch, guard, reason) -> None:
     _, samples, fp32, converted = pt2e
     gm = copy.deepcopy(converted)
     before = _biases(gm)
-    # No small model gets worse on demand, so the verdict is forced here; the guard itself is tested below.
-    monkeypatch.setattr(bc, "closer_to_fp32", lambda *a: (False, {}))
+    # No small model gets worse (or breaks) on demand, so the guard's answer is forced here; the guard itself
+    # is tested below. Either way every bias must be as the quantizer left it, and the report must say why.
+    monkeypatch.setattr(bc, "closer_to_fp32", guard)
     report = bc.correct_biases(gm, samples, fp32)
-    assert report["applied"] is False and "not closer" in report["reason"] and report["layers"] == 7
+    assert report["applied"] is False and reason in report["reason"], report
     after = _biases(gm)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_model_without_convs_is_left_alone(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    model = loaded(mlp, (1, 8), "mlp")
+    art = ExecuTorchExporter().export(model, "int8", calibration((1, 8), n=4, seed=0), tmp_path)
+    report = art.details["quantizer"]["bias_correction"]
+    assert report["applied"] is False and report["reason"] == "no biased Conv to correct", report
+    assert report["layers"] == 0 and report["layers_left_out"] == 0
 
 
 def test_the_guard_judges_direction_not_size() -> None:
