@@ -6,6 +6,8 @@ int8 weights visibly shrink the file (~25k parameters).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -117,3 +119,15 @@ def torch_out(model: LoadedModel, x: np.ndarray) -> np.ndarray:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def bias_reports(plain: Any, fixed: Any, *, layers: int, samples: int) -> dict[str, Any]:
+    """Check the bias-correction reports of an int8 export with the switch off and on; return the second."""
+    assert plain.details["quantizer"]["bias_correction"] == {
+        "applied": False,
+        "reason": "turned off (bias_correction: false)",
+    }
+    report = fixed.details["quantizer"]["bias_correction"]
+    assert report["layers"] == layers and report["layers_left_out"] == 0 and report["samples"] == samples, report
+    assert report["applied"] is (report["output_cosine_after"] > report["output_cosine_before"]), report
+    return report
