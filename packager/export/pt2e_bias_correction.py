@@ -25,6 +25,7 @@ closer to fp32 on the calibration samples; otherwise the original biases are put
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -89,10 +90,8 @@ def calibrate(prepared: Any, samples: Sequence[tuple[Any, ...]], *, record: int 
 
 
 def _attr(module: Any, target: str) -> Any:
-    obj = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+    """The tensor a get_attr node names (a dotted path such as ``_conv_stem.weight_bias``)."""
+    return operator.attrgetter(target)(module)
 
 
 def _bias_of(node: Any) -> Any:
@@ -120,8 +119,7 @@ def sequential_correction(
     import torch
     from torch.fx.node import map_arg
 
-    graph = converted.graph
-    nodes = list(graph.nodes)
+    nodes = list(converted.graph.nodes)
     last_use = {a: i for i, n in enumerate(nodes) for a in n.all_input_nodes}
     convs = [n for n in nodes if _is_conv(n)]
     todo = {n for n in convs if n.name in fp32_means and _bias_of(n) is not None}
