@@ -86,6 +86,33 @@ def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def verification_notes(manifest: dict[str, Any]) -> list[str]:
+    """Lines under the table: where each artifact's numbers came from, when it was not simply this host's runtime."""
+    lines = []
+    for a in manifest["artifacts"]:
+        v = a["verification"]
+        hk = v.get("host_kernel")
+        if hk:
+            m = hk["metrics"]
+            lines.append(
+                f"  [dim]{a['id']}: judged on its graph's exact int8 arithmetic (what a phone computes); "
+                f"this host's kernel gives cosine {_fmt(m.get('cosine'), '.5f')}, "
+                f"top-1 {_fmt(m.get('top1_agreement'), '.3f')} on {hk['cpu']}[/dim]"
+            )
+        if v.get("warning"):
+            lines.append(f"[bold yellow]NOTE:[/bold yellow] {a['id']}: {v['warning']}")
+        w = v.get("weights")
+        if w:
+            worst = w.get("worst_snr_db")
+            shown = f", worst layer SNR {worst:.1f} dB" if worst is not None else ""
+            state = "ok" if w["ok"] else "FAILED: " + "; ".join(w["problems"])
+            lines.append(
+                f"  [dim]{a['id']}: stored weights read back and compared with fp32: {w['layers']} "
+                f"layers{shown}: {state}[/dim]"
+            )
+    return lines
+
+
 def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) -> None:
     from rich.table import Table
 
@@ -96,6 +123,8 @@ def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) 
     for row in summary_rows(manifest):
         table.add_row(*row)
     con.print(table)
+    for line in verification_notes(manifest):
+        con.print(line)
     for f in manifest["failures"]:
         con.print(f"[bold red]FAILED[/bold red] {f['backend']}/{f['scheme']}: {f['error']}")
     for purpose in ("calibration", "evaluation"):

@@ -92,6 +92,7 @@ def git_revision(cwd: Path | None = None) -> str | None:
 
 
 def environment() -> dict[str, Any]:
+    from mpk.hostcpu import describe
     from packager.cache import library_versions
 
     return {
@@ -99,6 +100,7 @@ def environment() -> dict[str, Any]:
         "platform": f"{sys.platform}-{platform.machine()}",
         "libraries": library_versions(),
         "git_revision": git_revision(),
+        "cpu": describe(),
     }
 
 

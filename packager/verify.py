@@ -132,6 +132,14 @@ def verify_artifact(
     """The manifest's ``verification`` object for one artifact.
 
     ``expected_io`` (inputs, outputs) is what an app binds to (the model's specs); defaults to the artifact's.
+
+    Which arithmetic is judged: where the exporter can evaluate the artifact as its format defines it,
+    independent of this host's fused kernels (``exporter.open_reference``: ONNX int8), the verdict comes from
+    that evaluation (``evaluation: "reference"``) and the host runtime's own result is recorded beside it
+    (``host_kernel``), with a ``warning`` when the two verdicts differ. A phone runs the artifact on its own
+    kernels; an int8 kernel of the packaging machine that saturates (x86 without VNNI, see
+    :mod:`mpk.hostcpu`) must not pass or fail it. Elsewhere the host runtime is the evaluation
+    (``evaluation: "host"``).
     """
     v: dict[str, Any] = {
         "status": "skipped",
@@ -144,30 +152,77 @@ def verify_artifact(
     structural = _structural(exporter, artifact, expected_io or (artifact.inputs, artifact.outputs))
     if structural is not None:
         v["structural"] = structural
+    weights = exporter.weight_check(artifact)
+    if weights is not None:
+        v["weights"] = weights
     try:
         session = exporter.open(artifact.path, threads=threads)
         actual = run_artifact(session, evaluation.samples)
+        ref_session = exporter.open_reference(artifact.path, threads=threads)
+        exact = run_artifact(ref_session, evaluation.samples) if ref_session is not None else None
     except RuntimeMissing as e:
         v["reason"] = f"needs macOS to run ({e.message})" if sys.platform != "darwin" else str(e.message)
+        problems = []
         if structural is not None and not structural.get("ok", False):
-            v.update(
-                status="failed", passed=False, reason="structural check failed: " + "; ".join(structural["problems"])
-            )
+            problems.append("structural check failed: " + "; ".join(structural["problems"]))
+        if weights is not None and not weights["ok"]:
+            problems.append("weight check failed: " + "; ".join(weights["problems"]))
+        if problems:
+            v.update(status="failed", passed=False, reason="; ".join(problems))
         return v
     except Exception as e:  # a runtime crash on our own artifact is a failed verification, not a crash of mpk
         v.update(status="failed", passed=False, reason=f"host runtime failed: {type(e).__name__}: {e}")
         return v
-    if len(actual) != len(reference) or any(a.shape != r.shape for a, r in zip(actual, reference, strict=False)):
-        got = [a.shape for a in actual]
-        want = [r.shape for r in reference]
-        v.update(status="failed", passed=False, reason=f"output shapes {got} differ from fp32 {want}")
-        return v
-    v["metrics"] = compute_metrics(reference, actual, classifier=classifier, labels=evaluation.labels)
+    judged = exact if exact is not None else actual
+    v["evaluation"] = "reference" if exact is not None else "host"
+    for got in (actual, judged):
+        if len(got) != len(reference) or any(a.shape != r.shape for a, r in zip(got, reference, strict=False)):
+            shapes, want = [a.shape for a in got], [r.shape for r in reference]
+            v.update(status="failed", passed=False, reason=f"output shapes {shapes} differ from fp32 {want}")
+            return v
+    v["metrics"] = compute_metrics(reference, judged, classifier=classifier, labels=evaluation.labels)
     missed = check(v["metrics"], tolerances)
+    if exact is not None:
+        host_metrics = compute_metrics(reference, actual, classifier=classifier, labels=evaluation.labels)
+        host_missed = check(host_metrics, tolerances)
+        v["host_kernel"] = {"metrics": host_metrics, "missed": host_missed, "cpu": _kernel_summary()}
+        if bool(host_missed) != bool(missed):
+            v["warning"] = _verdicts_differ(host_metrics, host_missed, missed)
     if structural is not None and not structural.get("ok", False):
         missed.append("structural check: " + "; ".join(structural["problems"]))
+    if weights is not None and not weights["ok"]:
+        missed.append("weight check: " + "; ".join(weights["problems"]))
     v.update(status="failed" if missed else "passed", passed=not missed, reason="; ".join(missed) or None)
     return v
+
+
+def _kernel_summary() -> str:
+    from mpk.hostcpu import isa_label
+
+    return isa_label()
+
+
+def _verdicts_differ(host_metrics: dict[str, Any], host_missed: list[str], missed: list[str]) -> str:
+    """One line for a verdict this host's int8 kernels would have given differently."""
+    from mpk.hostcpu import int8_kernel, this_cpu
+
+    kernel = int8_kernel(this_cpu())
+    cos, top1 = host_metrics.get("cosine"), host_metrics.get("top1_agreement")
+    shown = f"cosine {cos:.4f}" + (f", top-1 agreement {top1:.3f}" if top1 is not None else "")
+    if host_missed:
+        why = (
+            f"its int8 kernel ({kernel.name}: {kernel.why}) saturates; ARM64 phones and x86 CPUs with VNNI do not"
+            if kernel.saturates
+            else "cause unknown: this host's kernel does not saturate"
+        )
+        return (
+            f"this host's runtime gives {shown}, which misses the tolerance ({'; '.join(host_missed)}): {why}. "
+            "The verdict comes from the graph's exact arithmetic, which is what those targets compute."
+        )
+    return (
+        f"this host's runtime gives {shown}, within tolerance, but the graph's exact arithmetic misses it "
+        f"({'; '.join(missed)}): the verdict is the exact one."
+    )
 
 
 def _structural(exporter: Any, artifact: ExportedArtifact, io: tuple[list[Any], list[Any]]) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,6 +45,15 @@ class Exporter(abc.ABC):
 
     def can_run_on_host(self) -> bool:
         return True
+
+    def open_reference(self, path: Path, *, threads: int | None = None) -> HostSession | None:
+        """The artifact evaluated as its format defines it, whatever kernels this CPU picks; None when the
+        host runtime's own result is that already (the default). See :func:`packager.verify.verify_artifact`."""
+        return None
+
+    def weight_check(self, artifact: ExportedArtifact) -> dict[str, Any] | None:
+        """A check of the artifact's stored weights that needs no runtime (CoreML off macOS); None if none."""
+        return None
 
 
 # --- helpers shared by the exporters (torch imported lazily, inside each function) ---------------------------

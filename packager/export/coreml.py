@@ -173,9 +173,16 @@ class CoreMLExporter(Exporter):
             "minimum_deployment_target": "iOS16",
             "compute_precision": "float16" if scheme == "fp16" else "float32",
         }
+        from packager.export.coreml_weights import check_package, program_weights
+
+        # what the package must store: the converted program's weights before any compression
+        uncompressed = program_weights(mlmodel._mil_program)
         if scheme in ("int8", *_PALETTE_BITS):
             try:
-                mlmodel, info = _compress(mlmodel, scheme)
+                # a weight channel that is all zero gets scale 0 and 0/0 data (see coreml_weights); the weight
+                # check below proves those channels dequantize to exactly 0, so NumPy's warning is not shown
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mlmodel, info = _compress(mlmodel, scheme)
             except Exception as e:
                 raise ExportError(self.name, f"{scheme} weight compression failed: {describe_failure(e)}") from e
             details.update(info, weight_threshold=WEIGHT_THRESHOLD)
@@ -188,6 +195,7 @@ class CoreMLExporter(Exporter):
         if not check["ok"]:
             raise ExportError(self.name, "package IO does not match the model: " + "; ".join(check["problems"]))
         details["specification_version"] = check["specification_version"]
+        details["weight_check"] = check_package(path, uncompressed, scheme)
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,
@@ -201,6 +209,18 @@ class CoreMLExporter(Exporter):
 
     def can_run_on_host(self) -> bool:
         return sys.platform == "darwin"
+
+    def weight_check(self, artifact: ExportedArtifact) -> dict[str, Any] | None:
+        """The stored-weight check made when the package was written (:mod:`packager.export.coreml_weights`).
+
+        It compares the saved package with the program it was converted to, which only exists at export time;
+        the manifest's sha256 then ties the checked bytes to the shipped ones (a cached package is re-hashed).
+        """
+        report = artifact.details.get("weight_check")
+        if report is None:
+            return None
+        keys = ("ok", "problems", "layers", "worst_snr_db", "worst_layer", "min_snr_db", "zero_scale_channels")
+        return {k: report[k] for k in keys if k in report}
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:
         if sys.platform != "darwin":
