@@ -30,7 +30,7 @@ from importlib import metadata
 from typing import Any
 
 from mpk.errors import MpkError, UsageError
-from packager.runtime_requirements import ET_FILE_IDENTIFIER, covers, ort_capability, version_tuple
+from packager.runtime_requirements import ET_FILE_IDENTIFIER, ORT_BUNDLED_ONNX, covers, ort_capability, version_tuple
 
 #: the Android app's package; its versionName carries the runtimes it links (android_app/app/build.gradle.kts)
 APP_PACKAGE = "org.mpk.bench"
@@ -91,12 +91,14 @@ def _check_onnxruntime(req: dict[str, Any], have: str, need: str | None) -> Verd
     if cap is not None:  # a release in ORT's own table: decide exactly, as model.cc does
         ok = covers(cap, ir, opsets)
         return Verdict(ok, f"{what}; the device has ONNX Runtime {have} (IR <= {cap['ir']}, ai.onnx <= {cap['']})")
-    if need is not None and _minor(have) >= _minor(need):
-        # newer than the table: ORT loads every model an older ORT loaded (docs/reference/compatibility.md)
-        return Verdict(True, f"{what}; the device has ONNX Runtime {have}")
-    if need is not None:
-        return Verdict(False, f"{what}; the device has ONNX Runtime {have}")
-    return Verdict(None, f"{what}; no ONNX Runtime release in mpk's table loads it, the device has {have}")
+    if need is None:  # no release in the table loads it: older ones cannot either, newer ones may
+        newest = max(ORT_BUNDLED_ONNX, key=version_tuple)
+        if _minor(have) < _minor(newest):
+            return Verdict(False, f"{what}; the device has ONNX Runtime {have}")
+        return Verdict(None, f"{what}; no ONNX Runtime up to {newest} loads it, the device has {have}")
+    # newer than the table: ORT loads every model an older ORT loaded (docs/reference/compatibility.md)
+    ok = _minor(have) >= _minor(need)
+    return Verdict(ok, f"{what}; the device has ONNX Runtime {have}")
 
 
 def _check_coreml(req: dict[str, Any], have: str, need: str | None) -> Verdict:
