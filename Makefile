@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Real peers the tests drive: Debian's adb, PostgreSQL, Chromium, and kotlinc
-# (compiles android_app's platform-independent Kotlin to check it against runners/stats.py).
+# Real peers the tests drive: Debian's adb, PostgreSQL, Chromium, kotlinc (compiles android_app's
+# platform-independent Kotlin to check it against runners/stats.py), and aapt + android-framework-res
+# (compile android_app's manifest and resources against the Android framework's).
 # Installed only when missing; needs root (CI runs as root).
 system-deps:
 	@missing=""; \
@@ -27,6 +28,8 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v kotlinc >/dev/null || missing="$$missing kotlin"; \
+	command -v aapt >/dev/null || missing="$$missing aapt"; \
+	test -f /usr/share/android-framework-res/framework-res.apk || missing="$$missing android-framework-res"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
