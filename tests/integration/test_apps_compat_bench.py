@@ -99,3 +99,19 @@ def test_the_virtual_device_reports_nothing_and_is_not_refused(pkg: Path, tmp_pa
         assert compat.device_runtimes(dev) is None
     finally:
         stop()
+
+
+def test_mpk_package_records_what_each_artifact_needs(tmp_path: Path) -> None:
+    """A real `mpk package` writes artifacts[].runtime (schema-checked; the .pte's is read in the tests above),
+    and mpk bench's check accepts it for the runtime mpk itself verified it with."""
+    from runners import compat
+
+    r = CliRunner().invoke(main, ["package", "--model", "digits-cnn", "--quantize", "none", "--backends",
+                                  "onnx,coreml", "--out", str(tmp_path / "pkg")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    runtimes = {a["backend"]: a["runtime"] for a in m["artifacts"]}
+    assert runtimes["onnx"]["ir_version"] >= 10 and runtimes["onnx"]["min_version"] == "1.18"
+    assert runtimes["coreml"]["spec_version"] >= 7 and runtimes["coreml"]["min_version"] == "16.0"
+    host = compat.host_runtimes()
+    assert compat.check(runtimes["onnx"], host).loadable is True, (runtimes["onnx"], host)
