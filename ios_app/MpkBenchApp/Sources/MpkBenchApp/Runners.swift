@@ -64,10 +64,11 @@ final class ExecuTorchRunner: ModelRunner {
     }
 
     func run(_ inputs: [(values: [Float], shape: [Int])]) throws -> [[Float]] {
-        let values: [ValueConvertible] = inputs.enumerated().map { i, t in
-            i < int64Inputs.count && int64Inputs[i]
-                ? Tensor<Int64>(t.values.map { Int64($0) }, shape: t.shape)
-                : Tensor<Float>(t.values, shape: t.shape)
+        let values: [ValueConvertible] = inputs.enumerated().map { i, t -> ValueConvertible in
+            if i < int64Inputs.count && int64Inputs[i] {
+                return Tensor<Int64>(t.values.map { Int64($0) }, shape: t.shape)
+            }
+            return Tensor<Float>(t.values, shape: t.shape)
         }
         let outputs: [Value] = try module.forward(values)
         return try outputs.enumerated().map { i, value in
@@ -124,7 +125,8 @@ struct AppRuntimes: RuntimeHost {
         var h = SHA256()
         for f in files {
             h.update(data: Data(f.rel.joined(separator: "/").utf8) + Data([0]))
-            h.update(data: Data(try fileDigest(f.url)))
+            let digest = try fileDigest(f.url)
+            h.update(data: Data(digest))
         }
         return hex(h.finalize())
     }
