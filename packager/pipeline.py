@@ -38,6 +38,7 @@ from mpk.errors import CheckFailed, InfraError, ModelError, MpkError, OutputNotW
 from packager import cache as cache_mod
 from packager import manifest as mf
 from packager.recipe import Recipe
+from packager.runtime_requirements import requirements as runtime_requirements
 from packager.types import Dataset, ExportedArtifact, LoadedModel
 
 #: progress(event, text, seconds): event is "start" | "done" | "note" | "warn"; seconds only for "done"
@@ -299,6 +300,7 @@ def _artifact_entry(art: ExportedArtifact, base: Path, extra: dict[str, Any]) ->
         "delegation": delegation,
         "op_summary": dict(art.op_summary),
         "details": _jsonable(art.details),
+        "runtime": runtime_requirements(art.backend, art.path),  # what a device must run (runners/compat.py)
     }
 
 

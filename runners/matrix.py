@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mpk.errors import DeviceError, MpkError, UsageError
+from runners.compat import refuse_incompatible
 from runners.contract import SPEC_VERSION, read_json
 from runners.devices import DevicesConfig, DeviceSpec, RunSettings
 from runners.drivers import get_driver
@@ -133,6 +134,8 @@ def build_spec(run_id: str, device_id: str, settings: RunSettings, artifact: dic
     for k in ("inputs", "outputs"):
         if artifact.get(k):
             a[k] = [{"name": t["name"], "shape": t["shape"], "dtype": t["dtype"]} for t in artifact[k]]
+    if artifact.get("runtime"):
+        a["runtime"] = artifact["runtime"]  # the apps check it again before loading (runners/compat.py)
     spec = {"schema_version": SPEC_VERSION, "run_id": run_id, "device_id": device_id,
             "settings": settings.to_spec(), "artifacts": [a], "reference": reference}  # fmt: skip
     return spec
@@ -335,6 +338,13 @@ class _NullLock:
         return None
 
 
+def _plan_or_skip(bench: Bench, device: DeviceSpec) -> Plan:
+    try:
+        return bench.plan(device)
+    except MpkError as e:
+        return Plan(device, None, False, f"cannot plan: {e.message}")
+
+
 def _default_virtual_factory() -> Callable[[], tuple[str, Callable[[], None]]]:
     try:
         from runners.emulator import ensure_virtual_device
@@ -422,6 +432,12 @@ def run_matrix(
     bench = Bench(manifest_path, devices_config, out_dir, fallback=fallback, overrides=ov,
                   virtual_factory=virtual_factory)  # fmt: skip
     devices, arts = select(devices_config, bench.manifest, only_devices, only_artifacts)
+    try:  # plan every device, then refuse (exit 2) what its runtime cannot load, before anything is pushed
+        plans = {d.id: _plan_or_skip(bench, d) for d in devices}
+        refuse_incompatible(plans.values(), arts)
+    except BaseException:
+        bench.close()
+        raise
     out_path = Path(out_dir) / "results.json"
     cells: list[dict] = []
     lock = threading.Lock()
@@ -438,10 +454,7 @@ def run_matrix(
             progress({"event": "done", "cell": cell, "total": total})
 
     def worker(device: DeviceSpec) -> None:
-        try:
-            plan = bench.plan(device)
-        except MpkError as e:
-            plan = Plan(device, None, False, f"cannot plan: {e.message}")
+        plan = plans[device.id]
         failed: str | None = None
         for art in arts:
             if stop.is_set():

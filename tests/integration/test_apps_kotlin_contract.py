@@ -1,10 +1,14 @@
-"""Compile the Android app's platform-independent contract code with kotlinc and check it against mpk.
+"""Compile the Android app's platform-independent Kotlin with kotlinc and check it against mpk, number by number.
 
-The strongest check available without an Android SDK: the app's own Kotlin
-(org.mpk.bench.contract: stats, accuracy, spec parsing, result writing) runs on
-this JVM and must agree with runners/stats.py, runners/host_runner.py's
-accuracy_metrics and the JSON Schemas. Skipped when Debian's ``kotlin`` package
-(kotlinc) or a JDK is missing.
+The strongest check available without an Android SDK: everything in org.mpk.bench.contract (stats, accuracy,
+spec parsing, result writing, the measuring order, the runtime-version check, sha256) runs on this JVM through
+android_app/jvm-harness/Harness.kt and must agree with runners/stats.py, packager/verify.py compute_metrics,
+runners/compat.py and the JSON Schemas. The runtime glue (runtime/*.kt) is compiled in the same kotlinc run
+against stubs of the pinned ExecuTorch / ONNX Runtime APIs (tests/unit/test_apps_runtime_api.py builds them
+from the quoted upstream declarations), so a call the pinned runtime does not have fails here.
+
+One kotlinc invocation per source hash: the jar is cached in pytest's cache directory (kotlinc takes ~30 s).
+Skipped when Debian's ``kotlin`` package (kotlinc) or a JDK is missing.
 """
 
 from __future__ import annotations
@@ -18,23 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from packager.verify import compute_metrics
+from runners import compat
 from runners.contract import schema_problems
-from runners.host_runner import accuracy_metrics
 from runners.stats import LatencyStats
-
-ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [*sorted((ROOT / "android_app/app/src/main/java/org/mpk/bench/contract").glob("*.kt")),
-           ROOT / "android_app/jvm-harness/Harness.kt"]  # fmt: skip
+from tests.integration.kotlin_build import harness_jar
 
 pytestmark = pytest.mark.skipif(not (shutil.which("kotlinc") and shutil.which("java")), reason="needs kotlinc + JDK")
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory):
-    jar = tmp_path_factory.mktemp("kt") / "harness.jar"
-    p = subprocess.run(["kotlinc", *map(str, SOURCES), "-include-runtime", "-d", str(jar)],
-                       capture_output=True, text=True, timeout=170)  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
+def harness(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory):
+    jar = harness_jar(pytestconfig, tmp_path_factory)
 
     def call(*requests: dict) -> list:
         r = subprocess.run(["java", "-jar", str(jar)], input=json.dumps({"requests": list(requests)}),
@@ -48,7 +47,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
     return call
 
 
-def _spec(tmp: Path, n_art: int = 2) -> Path:
+def _spec(tmp: Path, n_art: int = 2, runtime: dict | None = None) -> Path:
     rng = np.random.default_rng(0)
     inp = rng.standard_normal((3, 1, 4)).astype("<f4")
     out = rng.standard_normal((3, 1, 10)).astype("<f4")
@@ -56,6 +55,10 @@ def _spec(tmp: Path, n_art: int = 2) -> Path:
     (tmp / "out.bin").write_bytes(out.tobytes())
     (tmp / "m.pte").write_bytes(b"x")
     sha = hashlib.sha256(b"x").hexdigest()
+    arts = [{"id": f"executorch-{i}", "backend": "executorch", "scheme": "fp32", "path": "m.pte", "sha256": sha}
+            for i in range(n_art)]  # fmt: skip
+    if runtime:
+        arts[0]["runtime"] = runtime
     spec = {
         "schema_version": "mpk.runner-spec/1", "run_id": "r1", "device_id": "pixel",
         "settings": {"threads": 2, "cpu_affinity": None, "warmup_iterations": 3, "min_iterations": 7,
@@ -63,8 +66,7 @@ def _spec(tmp: Path, n_art: int = 2) -> Path:
         "reference": {"samples": 3, "task": "classification",
                       "inputs": [{"name": "x", "path": "in.bin", "shape": [1, 4], "dtype": "float32"}],
                       "outputs": [{"name": "y", "path": "out.bin", "shape": [1, 10], "dtype": "float32"}]},
-        "artifacts": [{"id": f"executorch-{i}", "backend": "executorch", "scheme": "fp32", "path": "m.pte",
-                       "sha256": sha} for i in range(n_art)],
+        "artifacts": arts,
     }  # fmt: skip
     assert schema_problems(spec, "runner_spec") == []
     (tmp / "spec.json").write_text(json.dumps(spec))
@@ -85,18 +87,56 @@ def test_stats_match_runners_stats(harness) -> None:
         assert kt["p50_ci_ms"] == py["p50_ci_ms"] and kt["p90_ci_ms"] == py["p90_ci_ms"]
 
 
-def test_accuracy_matches_host_runner(harness) -> None:
+def _accuracy_cases() -> list[tuple[list[list[np.ndarray]], list[list[np.ndarray]]]]:
+    """(pred, ref) per case, indexed [sample][output]; two outputs of different sizes per sample."""
     rng = np.random.default_rng(2)
-    ref = [[rng.standard_normal((1, 10)).astype(np.float32)] for _ in range(4)]
-    pred = [[(o[0] + rng.normal(0, 0.3, o[0].shape)).astype(np.float32)] for o in ref]
-    req = {"op": "accuracy", "pred": [[o.ravel().tolist() for o in s] for s in pred],
-           "ref": [[o.ravel().tolist() for o in s] for s in ref], "task": None, "shape": [1, 10]}  # fmt: skip
-    same = {**req, "pred": req["ref"], "task": "classification"}
-    kt, kt_same = harness(req, same)
-    py = accuracy_metrics(pred, ref)
-    for k, v in py.items():
-        assert kt[k] == pytest.approx(v, rel=1e-6), k
-    assert kt_same["snr_db"] == 200.0 and kt_same["cosine"] == 1.0 and kt_same["top1_agreement"] == 1.0
+    ref = [[rng.standard_normal((1, 10)).astype(np.float32), rng.standard_normal((1, 3)).astype(np.float32)]
+           for _ in range(5)]  # fmt: skip
+    noisy = [[(o + rng.normal(0, 0.3, o.shape)).astype(np.float32) for o in s] for s in ref]
+    # samples of very different scale: the mean of per-sample cosines differs from one cosine over all values
+    scaled_ref = [[o * (100.0 if i == 0 else 1.0) for o in s] for i, s in enumerate(ref)]
+    scaled_pred = [[(o + rng.normal(0, 0.5, o.shape)).astype(np.float32) for o in s] for s in scaled_ref]
+    zero = [[np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)]]
+    one_zero_pred = [[np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)], *noisy[1:]]
+    return [(noisy, ref), (ref, ref), (scaled_pred, scaled_ref), (zero + noisy[1:], zero + ref[1:]),
+            (one_zero_pred, ref)]  # fmt: skip
+
+
+def _stack(per_sample: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.stack([s[o] for s in per_sample]) for o in range(len(per_sample[0]))]
+
+
+def test_accuracy_matches_verify_compute_metrics(harness) -> None:
+    """The app's cosine/SNR/max error/top-1 are packager.verify.compute_metrics's, for every case."""
+    cases = _accuracy_cases()
+    reqs = [{"op": "accuracy", "pred": [[o.ravel().tolist() for o in s] for s in pred],
+             "ref": [[o.ravel().tolist() for o in s] for s in ref], "task": None, "shape": [1, 10]}
+            for pred, ref in cases]  # fmt: skip
+    got = harness(*reqs)
+    for (pred, ref), kt in zip(cases, got, strict=True):
+        py = compute_metrics(_stack(ref), _stack(pred), classifier=True)
+        for k in ("cosine", "snr_db", "max_abs_error", "top1_agreement"):
+            assert kt[k] == pytest.approx(py[k], rel=1e-9, abs=1e-12), k
+        assert kt["samples"] == len(ref)
+    exact, scaled, both_zero, one_zero = got[1], got[2], got[3], got[4]
+    assert exact["snr_db"] == 200.0 and exact["cosine"] == pytest.approx(1.0) and exact["top1_agreement"] == 1.0
+    pooled = np.concatenate([o.ravel() for s in _accuracy_cases()[2][0] for o in s]).astype(np.float64)
+    pooled_ref = np.concatenate([o.ravel() for s in _accuracy_cases()[2][1] for o in s]).astype(np.float64)
+    global_cos = float(pooled @ pooled_ref / np.linalg.norm(pooled) / np.linalg.norm(pooled_ref))
+    assert abs(scaled["cosine"] - global_cos) > 1e-3  # the old all-values definition would not pass the check above
+    assert _per_sample_cos(cases[3])[0] == 1.0 and _per_sample_cos(cases[4])[0] == 0.0  # the two zero rules
+    assert both_zero["cosine"] == pytest.approx(np.mean(_per_sample_cos(cases[3])))
+    assert one_zero["cosine"] == pytest.approx(np.mean(_per_sample_cos(cases[4])))
+
+
+def _per_sample_cos(case: tuple[list[list[np.ndarray]], list[list[np.ndarray]]]) -> list[float]:
+    out = []
+    for p, r in zip(*case, strict=True):
+        pv = np.concatenate([o.ravel() for o in p]).astype(np.float64)
+        rv = np.concatenate([o.ravel() for o in r]).astype(np.float64)
+        den = np.linalg.norm(pv) * np.linalg.norm(rv)
+        out.append(float(pv @ rv / den) if den > 0 else float(not np.any(pv - rv)))
+    return out
 
 
 def test_result_json_is_schema_valid(harness, tmp_path: Path) -> None:
@@ -104,12 +144,15 @@ def test_result_json_is_schema_valid(harness, tmp_path: Path) -> None:
     samples = [4.0, 4.5, 5.0, 4.2, 4.8]
     (result,) = harness({"op": "result", "spec": str(spec), "samples": samples})
     assert schema_problems(result, "runner_result") == []
+    assert result["runner"]["runtimes"] == {"executorch": "1.4.1", "onnxruntime": "1.24.3"}
     ok, err = result["artifacts"]
     assert ok["status"] == "ok"
     for k, v in LatencyStats.from_samples(samples).to_dict().items():
         assert ok["stats"][k] == (v if isinstance(v, list) else pytest.approx(v)), k
     assert ok["memory"]["rise_mb"] == pytest.approx(40.5) and ok["accuracy"]["top1_agreement"] == 1.0
     assert err["status"] == "error" and err["error"]["kind"] == "oom" and err["stats"] is None
+    del result["runner"]["runtimes"]["onnxruntime"]
+    assert any("onnxruntime" in p for p in schema_problems(result, "runner_result")), "apps must report both"
 
 
 def test_spec_problems_all_reported_and_loop_rule(harness, tmp_path: Path) -> None:
@@ -125,3 +168,84 @@ def test_spec_problems_all_reported_and_loop_rule(harness, tmp_path: Path) -> No
     assert any(p.startswith("artifacts[0].backend") for p in broken["problems"])
     # first inference + 3 warm-up + min_iterations=7 timed (min_seconds=0): the host runner's rule
     assert loop == {"calls": 11, "iterations": 7, "warmup": 3}
+
+
+LINKED = {"executorch": "1.4.1", "onnxruntime": "1.24.3"}
+
+
+def test_measuring_order_is_the_memory_definition(harness, tmp_path: Path) -> None:
+    """Runtime loaded before the baseline; peak read right after the timed loop, before the accuracy pass."""
+    spec = _spec(tmp_path, n_art=1, runtime={"runtime": "executorch", "min_version": "1.4.0",
+                                             "file_identifier": "ET12"})  # fmt: skip
+    ref = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(3, 10)
+    (r,) = harness({"op": "measure", "spec": str(spec), "linked": LINKED, "outputs": [ref[0].tolist()]})
+    ev = r["events"]
+    assert ev[:5] == ["preload:executorch", "gc", "reset", "baseline", "open"], ev
+    timed = 1 + 3 + 7  # first inference + warm-up + min_iterations
+    assert ev[5 : 5 + timed] == ["run"] * timed
+    assert ev[5 + timed : 5 + timed + 2] == ["peak", "pss"]
+    assert ev[5 + timed + 2 :] == ["run"] * 3 + ["close"]  # the accuracy pass: one run per reference sample
+    out = r["outcome"]
+    assert out["status"] == "ok" and out["memory"]["baseline_rss_mb"] == 100.0 and out["memory"]["rise_mb"] == 50.0
+    assert out["iterations"] == 7 and out["accuracy"]["samples"] == 3
+    assert out["accuracy"]["top1_agreement"] == pytest.approx(
+        compute_metrics([ref[:, None, :]], [np.stack([ref[0]] * 3)[:, None, :]], classifier=True)["top1_agreement"]
+    )
+
+
+def test_measuring_refuses_what_the_linked_runtime_cannot_load(harness, tmp_path: Path) -> None:
+    newer = {"runtime": "executorch", "min_version": "1.5.0", "file_identifier": "ET12"}
+    spec = _spec(tmp_path, n_art=1, runtime=newer)
+    bad_sha = json.loads(spec.read_text())
+    bad_sha["artifacts"][0]["sha256"] = "0" * 64
+    del bad_sha["artifacts"][0]["runtime"]
+    (tmp_path / "badsha.json").write_text(json.dumps(bad_sha))
+    refused, tampered, no_lib = harness(
+        {"op": "measure", "spec": str(spec), "linked": LINKED, "outputs": [[0.0] * 10]},
+        {"op": "measure", "spec": str(tmp_path / "badsha.json"), "linked": LINKED, "outputs": [[0.0] * 10]},
+        # a runtime that reports no version is not refused; its native library then fails to load
+        {"op": "measure", "spec": str(spec), "linked": {}, "outputs": [[0.0] * 10],
+         "preload_error": "dlopen failed: libexecutorch.so not found"},
+    )  # fmt: skip
+    assert refused["events"] == [], "nothing is loaded for an artifact the runtime cannot load"
+    err = refused["outcome"]["error"]
+    assert err["kind"] == "unsupported" and "1.5.0" in err["message"] and "1.4.1" in err["message"]
+    assert tampered["events"] == [] and tampered["outcome"]["error"]["kind"] == "load"
+    assert "sha256 mismatch" in tampered["outcome"]["error"]["message"]
+    assert no_lib["events"] == ["preload:executorch"] and no_lib["outcome"]["error"]["kind"] == "load"
+    assert "libexecutorch.so" in no_lib["outcome"]["error"]["message"]
+
+
+def test_sha256_matches_hashlib(harness, tmp_path: Path) -> None:
+    f = tmp_path / "blob.bin"
+    f.write_bytes(np.random.default_rng(3).bytes(3 * 1024 * 1024 + 11))  # spans several 1 MiB reads
+    (kt,) = harness({"op": "sha256", "path": str(f)})
+    assert kt == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_app_compat_agrees_with_runners_compat(harness) -> None:
+    """The app's check before loading and mpk bench's check before pushing give the same answer."""
+    reqs = [
+        {"runtime": "executorch", "min_version": "1.4.0", "file_identifier": "ET12"},
+        {"runtime": "executorch", "min_version": "1.3.0", "file_identifier": "ET12"},
+        {"runtime": "executorch", "min_version": "1.4.0", "file_identifier": "ET13"},
+        {"runtime": "executorch", "min_version": None, "file_identifier": "ET12"},
+        {"runtime": "onnxruntime", "min_version": "1.18", "ir_version": 10, "opsets": {"": 20, "ai.onnx.ml": 5}},
+        {"runtime": "onnxruntime", "min_version": "1.14", "ir_version": 8, "opsets": {"": 18}},
+        {"runtime": "onnxruntime", "min_version": None, "ir_version": 11, "opsets": {"": 23}},
+    ]
+    versions = {"executorch": ["1.0.0", "1.3.1", "1.4.0", "1.4.1", "1.5.0"],
+                "onnxruntime": ["1.9.0", "1.14.1", "1.17.3", "1.18.0", "1.20.1", "1.24.3"]}  # fmt: skip
+    cases = [{"req": r, "linked": {r["runtime"]: v}} for r in reqs for v in versions[r["runtime"]]]
+    got = harness({"op": "compat", "cases": [{**c, "req": {k: c["req"][k] for k in ("runtime", "min_version")}
+                                               | {"file_identifier": c["req"].get("file_identifier")}}
+                                              for c in cases]})[0]  # fmt: skip
+    for c, refusal in zip(cases, got, strict=True):
+        verdict = compat.check(c["req"], c["linked"])
+        assert (refusal is not None) == (verdict.loadable is False), (c, refusal, verdict)
+    assert sum(r is not None for r in got) >= 8  # the grid exercises refusals, not only passes
+    from packager.runtime_requirements import ORT_BUNDLED_ONNX, version_tuple
+
+    kt = Path(__file__).resolve().parents[2] / "android_app/app/src/main/java/org/mpk/bench/contract/Compat.kt"
+    newest = max(ORT_BUNDLED_ONNX, key=version_tuple).replace(".", ", ")
+    assert f"NEWEST_TABULATED_ORT = intArrayOf({newest})" in kt.read_text()

@@ -26,6 +26,13 @@ public enum ResultKeys {
         public static let runtimes = "runtimes"
     }
 
+    /// runner.runtimes: the runtime versions the app links (onnxruntime is the Android app's)
+    public enum Runtimes {
+        public static let executorch = "executorch"
+        public static let onnxruntime = "onnxruntime"
+        public static let coreml = "coreml"
+    }
+
     public enum Settings {
         public static let threads = "threads"
         public static let cpuAffinity = "cpu_affinity"
@@ -149,6 +156,15 @@ public enum SpecKeys {
         public static let extraFiles = "extra_files"
         public static let inputs = "inputs"
         public static let outputs = "outputs"
+        public static let runtime = "runtime"
+    }
+
+    /// artifacts[].runtime: what the artifact needs (the app checks it, `Compat`)
+    public enum Runtime {
+        public static let runtime = "runtime"
+        public static let minVersion = "min_version"
+        public static let fileIdentifier = "file_identifier"
+        public static let specVersion = "spec_version"
     }
 
     public enum TensorSpec {

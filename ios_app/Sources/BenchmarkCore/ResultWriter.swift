@@ -9,8 +9,9 @@ public struct ArtifactOutcome {
     public var firstInferenceMs: Double? = nil
     public var warmupIterations = 0
     public var samplesMs: [Double] = []
-    /// phys_footprint: baseline before load, peak over load + inference (MB = 2^20 bytes)
+    /// baseline before the model loads (runtime already loaded), peak up to the end of the timed loop (MB = 2^20 bytes)
     public var memory: (baseline: Double, peak: Double)? = nil
+    public var memorySource = "task_info(TASK_VM_INFO) phys_footprint, peak sampled"
     public var accuracy: [String: Any]? = nil
 
     public init(artifact: Spec.Artifact) { self.artifact = artifact }
@@ -23,7 +24,7 @@ public struct ArtifactOutcome {
         if let m = memory {
             mem = [ResultKeys.Memory.baselineRssMb: m.baseline, ResultKeys.Memory.peakRssMb: m.peak,
                    ResultKeys.Memory.riseMb: m.peak - m.baseline, ResultKeys.Memory.pssMb: NSNull(),
-                   ResultKeys.Memory.source: "task_info(TASK_VM_INFO) phys_footprint, peak sampled"]
+                   ResultKeys.Memory.source: memorySource]
         }
         return [
             ResultKeys.Artifact.id: artifact.id, ResultKeys.Artifact.backend: artifact.backend,

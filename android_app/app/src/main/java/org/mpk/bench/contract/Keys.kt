@@ -33,6 +33,13 @@ object ResultKeys {
         const val RUNTIMES = "runtimes"
     }
 
+    /** properties.runner.properties.runtimes: the runtime versions the app links (coreml is the iOS app's) */
+    object Runtimes {
+        const val EXECUTORCH = "executorch"
+        const val ONNXRUNTIME = "onnxruntime"
+        const val COREML = "coreml"
+    }
+
     /** properties.settings */
     object Settings {
         const val THREADS = "threads"
@@ -168,6 +175,14 @@ object SpecKeys {
         const val EXTRA_FILES = "extra_files"
         const val INPUTS = "inputs"
         const val OUTPUTS = "outputs"
+        const val RUNTIME = "runtime"
+    }
+
+    /** properties.artifacts.items.properties.runtime: what the artifact needs (the app checks it, [Compat]) */
+    object Runtime {
+        const val RUNTIME = "runtime"
+        const val MIN_VERSION = "min_version"
+        const val FILE_IDENTIFIER = "file_identifier"
     }
 
     object TensorSpec {

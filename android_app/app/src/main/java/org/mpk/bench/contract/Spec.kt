@@ -22,6 +22,9 @@ data class Reference(val samples: Int, val task: String, val inputs: List<Tensor
 
 data class TensorSpec(val name: String, val shape: List<Any?>, val dtype: String)
 
+/** What the artifact needs at run time (the manifest's artifacts[].runtime; see [Compat]). */
+data class RuntimeRequirement(val runtime: String, val minVersion: String?, val fileIdentifier: String?)
+
 data class ArtifactSpec(
     val id: String,
     val backend: String,
@@ -30,7 +33,8 @@ data class ArtifactSpec(
     val sha256: String,
     val extraFiles: List<String>,
     val inputs: List<TensorSpec>,
-    val outputs: List<TensorSpec>
+    val outputs: List<TensorSpec>,
+    val runtime: RuntimeRequirement? = null
 )
 
 /**
@@ -95,7 +99,8 @@ data class Spec(
                     sha256 = str(m, SpecKeys.Artifact.SHA256, w, p),
                     extraFiles = (m[SpecKeys.Artifact.EXTRA_FILES] as? List<*>)?.map { it.toString() } ?: emptyList(),
                     inputs = tensorSpecs(m[SpecKeys.Artifact.INPUTS]),
-                    outputs = tensorSpecs(m[SpecKeys.Artifact.OUTPUTS])
+                    outputs = tensorSpecs(m[SpecKeys.Artifact.OUTPUTS]),
+                    runtime = requirement(m[SpecKeys.Artifact.RUNTIME], "$w.runtime", p)
                 )
             }
             if (p.isNotEmpty()) throw SpecException(p)
@@ -133,6 +138,20 @@ data class Spec(
                     dtype = dtype
                 )
             }
+
+        private fun requirement(v: Any?, where: String, p: MutableList<String>): RuntimeRequirement? {
+            if (v == null) return null
+            val m = v as? Map<*, *>
+            if (m == null) {
+                p.add("$where: expected an object")
+                return null
+            }
+            return RuntimeRequirement(
+                runtime = str(m, SpecKeys.Runtime.RUNTIME, where, p),
+                minVersion = m[SpecKeys.Runtime.MIN_VERSION] as? String,
+                fileIdentifier = m[SpecKeys.Runtime.FILE_IDENTIFIER] as? String
+            )
+        }
 
         private fun tensorSpecs(v: Any?): List<TensorSpec> =
             (v as? List<*> ?: emptyList<Any?>()).map { t ->

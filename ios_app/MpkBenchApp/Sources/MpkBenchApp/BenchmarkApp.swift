@@ -31,13 +31,16 @@ enum Bench {
             outDir = documents.appendingPathComponent("mpk/\(spec.runId)")
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
             let started = utcNow()
-            let outcomes = spec.artifacts.map { measure(spec, $0) }
+            // BenchmarkCore's Measurement holds the order that defines memory (runtime loaded before the baseline,
+            // peak read before the accuracy pass) and the sha256 and runtime-version checks.
+            let host = AppRuntimes()
+            let outcomes = spec.artifacts.map { Measurement.measureOne(spec, $0, host: host, memory: FootprintMemory()) }
             var facts = DeviceFacts()
             facts.model = deviceModel()
             facts.osVersion = UIDevice.current.systemVersion
             facts.cores = ProcessInfo.processInfo.processorCount
             facts.battery = ["thermal_state": ProcessInfo.processInfo.thermalState.rawValue]
-            let result = ResultWriter.build(spec: spec, version: "0.1.0", runtimes: ["coreml": "system", "executorch": "swiftpm"],
+            let result = ResultWriter.build(spec: spec, version: "0.1.0", runtimes: host.versions,
                                             emulated: isSimulator(), device: facts, started: started,
                                             finished: utcNow(), outcomes: outcomes)
             let data = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
@@ -47,38 +50,6 @@ enum Bench {
             try? FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
             try? Data("error: \(error)".utf8).write(to: outDir.appendingPathComponent("DONE"), options: .atomic)
         }
-    }
-
-    static func measure(_ spec: Spec, _ art: Spec.Artifact) -> ArtifactOutcome {
-        var o = ArtifactOutcome(artifact: art)
-        do {
-            guard let ref = spec.reference, !ref.inputs.isEmpty else {
-                o.errorKind = "other"; o.errorMessage = "the iOS app needs reference inputs in the spec"; return o
-            }
-            let ins = try ref.inputs.map { try TensorIO.readSamples(spec.resolve($0.path), $0, samples: ref.samples) }
-            let outs = try ref.outputs.map { try TensorIO.readSamples(spec.resolve($0.path), $0, samples: ref.samples) }
-            let sample: (Int) -> [(values: [Float], shape: [Int])] = { s in zip(ins, ref.inputs).map { ($0.0[s], $0.1.shape) } }
-            let baseline = Memory.footprintMB()
-            let sampler = PeakSampler(); sampler.start()
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            let runner: ModelRunner
-            do { runner = try Runtimes.open(art, url: spec.resolve(art.path)) } catch let e as UnsupportedBackend {
-                _ = sampler.stop(); o.errorKind = "unsupported"; o.errorMessage = "backend \(e.backend)"; return o
-            } catch {
-                _ = sampler.stop(); o.errorKind = "load"; o.errorMessage = "\(error)"; return o
-            }
-            o.loadMs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-            let input0 = sample(0)
-            let t = try BenchmarkLoop.run(spec.settings) { _ = try runner.run(input0) }
-            o.memory = (baseline, sampler.stop())
-            o.firstInferenceMs = t.firstMs; o.samplesMs = t.samplesMs; o.warmupIterations = spec.settings.warmupIterations
-            let pred = try (0..<ref.samples).map { try runner.run(sample($0)) }
-            let refPerSample = (0..<ref.samples).map { s in outs.map { $0[s] } }
-            o.accuracy = Accuracy.metrics(pred: pred, ref: refPerSample, task: ref.task, firstOutputShape: ref.outputs[0].shape)
-        } catch {
-            o.errorKind = o.loadMs == nil ? "load" : "inference"; o.errorMessage = "\(error)"
-        }
-        return o
     }
 
     static func deviceModel() -> String {
