@@ -154,7 +154,7 @@ class AdbShellTransport(Transport):
         try:
             dev.push(str(local), remote, st_mode=0o100644, read_timeout_s=timeout)
         except ex.PushFailedError as e:
-            raise DeviceError(self.serial, f"push {remote}: {e}", reason="push") from None
+            raise DeviceError(self.serial, f"push {remote}: {_text(e)}", reason="push") from None
         except (ConnectionError, ex.AdbConnectionError, ex.AdbTimeoutError, ex.TcpTimeoutException, OSError) as e:
             self._drop()
             raise TransientError(f"push interrupted: {e}") from e
@@ -168,7 +168,7 @@ class AdbShellTransport(Transport):
             dev.pull(remote, str(tmp), read_timeout_s=timeout)
         except ex.AdbCommandFailureException as e:
             tmp.unlink(missing_ok=True)
-            raise DeviceError(self.serial, f"pull {remote}: {e}", reason="pull") from None
+            raise DeviceError(self.serial, f"pull {remote}: {_text(e)}", reason="pull") from None
         except (ConnectionError, ex.AdbConnectionError, ex.AdbTimeoutError, ex.TcpTimeoutException, OSError) as e:
             tmp.unlink(missing_ok=True)
             self._drop()
@@ -177,6 +177,12 @@ class AdbShellTransport(Transport):
 
     def close(self) -> None:
         self._drop()
+
+
+def _text(e: Exception) -> str:
+    """adb-shell puts the device's FAIL message in the exception as raw bytes."""
+    arg = e.args[0] if e.args else ""
+    return bytes(arg).decode("utf-8", "replace") if isinstance(arg, bytes | bytearray) else str(e)
 
 
 def _closing_tcp_transport(host: str, port: int):

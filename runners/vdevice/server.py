@@ -585,9 +585,10 @@ class VirtualDevice:
     def serve_forever(self) -> int:
         """Serve until :meth:`stop`; 0 then. 4 (and an error line) if the accept loop ever ended on its own."""
         self.start()
-        assert self._thread is not None
-        while self._thread.is_alive():
-            self._thread.join(0.5)
+        thread = self._thread  # stop() (e.g. from a signal handler) clears the attribute
+        assert thread is not None
+        while thread.is_alive():
+            thread.join(0.5)
         if self._stopping.is_set():
             return 0
         log.error("vdevice: the accept loop on %s ended unexpectedly; the device is down", self.serial)

@@ -75,3 +75,55 @@ def wait_done(shell: Any, run_id: str, timeout: float = 30.0) -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# -- a raw ADB peer, for what no well-behaved client sends -------------------------------------------------------
+def raw_connect(port: int, timeout: float = 5.0):
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_pkt(sock: Any):
+    from runners.vdevice import protocol as P
+
+    return P.read_packet(sock, max_payload=1 << 20, check_data=False)
+
+
+def raw_auth(port: int, key_path: Path, timeout: float = 5.0):
+    """A socket past CNXN + AUTH with the private key at ``key_path`` (which the device must have authorized)."""
+    from runners.transport.adbkey import load_private_key, sign_token
+    from runners.vdevice import protocol as P
+
+    s = raw_connect(port, timeout)
+    s.sendall(P.Packet(P.A_CNXN, P.VERSION, 256 * 1024, b"host::\0").pack())
+    token = read_pkt(s)
+    assert token.name == "AUTH", token
+    s.sendall(P.Packet(P.A_AUTH, P.AUTH_SIGNATURE, 0, sign_token(load_private_key(key_path), token.data)).pack())
+    online = read_pkt(s)
+    assert online.name == "CNXN", online
+    return s
+
+
+def open_service(sock: Any, service: str, local_id: int = 1) -> int:
+    """OPEN ``service``; returns the device's stream id (0 when the device answered CLSE)."""
+    from runners.vdevice import protocol as P
+
+    sock.sendall(P.Packet(P.A_OPEN, local_id, 0, service.encode() + b"\0").pack())
+    pkt = read_pkt(sock)
+    return pkt.arg0 if pkt.name == "OKAY" else 0
+
+
+def closed(sock: Any, within: float = 5.0) -> bool:
+    """True when the peer closes ``sock`` within ``within`` seconds (anything it sends first is skipped)."""
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return False
