@@ -95,6 +95,8 @@ class AndroidAppDriver(Driver):
     liveness_s = 2.0
     #: time limit of each poll: a device that stops answering fails the cell here, not at the cell's timeout
     poll_timeout_s = 15.0
+    #: ``am start -W`` waits for the app's launch (seconds on a phone), not for the benchmark
+    launch_timeout_s = 60.0
 
     def __init__(self) -> None:
         self._cancelled = threading.Event()
@@ -176,8 +178,8 @@ class AndroidAppDriver(Driver):
             self._running_on = device
             if self._cancelled.is_set():
                 raise RunnerError(f"device {device.id}: cancelled before the benchmark started")
-            am = t.shell(f"am start -S -W -n {ACTIVITY} --es spec {_quote(remote + '/spec.json')}", timeout=60,
-                         retry=False)  # fmt: skip
+            am = t.shell(f"am start -S -W -n {ACTIVITY} --es spec {_quote(remote + '/spec.json')}",
+                         timeout=self.launch_timeout_s, retry=False)  # fmt: skip
             if am.exit_code != 0 or "Error" in am.stdout:
                 raise RunnerError(f"device {device.id}: am start failed: {(am.stdout + am.stderr).strip()[-800:]}")
             done = self._wait_done(t, device, run_id, timeout_s - (time.monotonic() - started))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ready-file", type=Path, help="write {port} here once listening")
     s.add_argument("--max-connections", type=int, default=16, help="connections served at once (more are refused)")
     s.add_argument("--idle-timeout", type=float, default=300.0, help="close a connection idle this many seconds")
+    s.add_argument(
+        "--runner",
+        help="command that stands in for the benchmark app (default: python -m runners.host_runner); "
+        "it is given --spec, --out, --emulated and --device-facts",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             auto_authorize=args.auto_authorize,
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
+            runner_cmd=shlex.split(args.runner) if args.runner else None,
         )
         for pub in args.authorize:
             vd.authorize(pub.read_text())

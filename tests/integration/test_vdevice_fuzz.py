@@ -10,15 +10,12 @@ left half-written -- and it must still serve an authorized client: mpk's adb-she
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import pytest
 from runners.transport.adb_shell import AdbShellTransport
 from runners.transport.adbkey import ensure_key, load_private_key, sign_token
 from runners.vdevice import protocol as P
+from tests.integration.vdevice_helpers import start_device_process, stop_device_process
 
 SEED = 20261129
 MIN_PACKETS = 5000
@@ -183,28 +181,11 @@ def _fuzz(port: int, key, rng: random.Random) -> int:
 @pytest.fixture()
 def device(tmp_path: Path):
     key_path = ensure_key(tmp_path / "keys" / "adbkey")
-    root, ready = tmp_path / "dev", tmp_path / "ready.json"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    log = open(tmp_path / "vdevice.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "runners.vdevice", "serve", "--root", str(root), "--ready-file",
-                             str(ready), "--authorize", str(key_path) + ".pub"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-    log.close()
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "vdevice.log").read_text()
-        time.sleep(0.05)
-    port = json.loads(ready.read_text())["port"]
+    proc, port, root = start_device_process(tmp_path, key_path)
     try:
         yield proc, port, key_path, root
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        assert stop_device_process(proc) == 0
 
 
 def test_protocol_fuzz_leaves_the_device_serving(device, tmp_path: Path) -> None:

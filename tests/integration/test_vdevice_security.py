@@ -9,11 +9,8 @@ import json
 import logging
 import os
 import resource
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +28,8 @@ from tests.integration.vdevice_helpers import (
     raw_connect,
     read_pkt,
     sha256,
+    start_device_process,
+    stop_device_process,
     valid_spec,
     wait_done,
     write_runner,
@@ -298,22 +297,9 @@ def _limit_fds() -> None:
 def test_out_of_file_descriptors_is_survived_and_logged(tmp_path: Path, key: Path) -> None:
     """With the open-file limit reached the accept loop keeps going (it used to end and the server exited 0
     with no log line); once connections close the device serves again, and SIGTERM still exits 0."""
-    root = tmp_path / "dev"
-    ready = tmp_path / "ready.json"
+    proc, port, _root = start_device_process(tmp_path, key, "--max-connections", "1000", preexec_fn=_limit_fds)
     log_path = tmp_path / "vdevice.log"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    with open(log_path, "wb") as log_f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runners.vdevice", "serve", "--root", str(root), "--ready-file", str(ready),
-             "--authorize", str(key) + ".pub", "--max-connections", "1000"],
-            stdout=log_f, stderr=subprocess.STDOUT, env=env, preexec_fn=_limit_fds,
-        )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() and time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()
-            time.sleep(0.05)
-        port = json.loads(ready.read_text())["port"]
         flood = [raw_connect(port) for _ in range(50)]
         deadline = time.monotonic() + 10
         while "Too many open files" not in log_path.read_text() and time.monotonic() < deadline:
@@ -329,9 +315,5 @@ def test_out_of_file_descriptors_is_survived_and_logged(tmp_path: Path, key: Pat
             assert tr.shell("echo served").stdout == "served\n"
         finally:
             tr.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert stop_device_process(proc) == 0

@@ -127,3 +127,66 @@ def closed(sock: Any, within: float = 5.0) -> bool:
     except TimeoutError:
         return False
     return False
+
+
+# -- the device as its own process, as `mpk emulator start` runs it ---------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_device_process(tmp_path: Path, key_path: Path, *extra: str, preexec_fn: Any = None):
+    """``python -m runners.vdevice serve`` with ``key_path``'s public key authorized; returns (proc, port, root).
+    The caller stops it (``stop_device_process``). Its log is ``tmp_path/vdevice.log``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root, ready, log_path = tmp_path / "dev", tmp_path / "ready.json", tmp_path / "vdevice.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log_path, "wb") as log_f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runners.vdevice", "serve", "--root", str(root), "--ready-file", str(ready),
+             "--authorize", str(key_path) + ".pub", *extra],
+            stdout=log_f, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"virtual device did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc, json.loads(ready.read_text())["port"], root
+
+
+def stop_device_process(proc: Any) -> int | None:
+    """SIGTERM, wait, SIGKILL if needed; returns the exit status of a clean stop (None when it had to be killed)."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (Linux /proc)."""
+    import os
+
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (d / "cmdline").read_bytes():
+                stat = (d / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies have exited already
+                    out.append(int(d.name))
+        except OSError:
+            continue
+    return out
