@@ -21,8 +21,14 @@ from pathlib import Path
 
 from mpk.errors import DeviceError, DeviceNotFound, DeviceTimeout, DeviceUnauthorized, RuntimeMissing
 from runners.transport.adbkey import ensure_key
-from runners.transport.base import ShellResult, TransientError, Transport, split_exit_status, wrap_exit_status
-from runners.transport.base import retry as retry_transient
+from runners.transport.base import (
+    ShellResult,
+    TransientError,
+    Transport,
+    once_or_retry,
+    split_exit_status,
+    wrap_exit_status,
+)
 
 
 class AdbShellTransport(Transport):
@@ -123,7 +129,7 @@ class AdbShellTransport(Transport):
             dev = self._device()
             try:
                 # transport_timeout_s bounds every socket read; without it adb-shell uses the 10 s connect
-                # timeout, and a long `am start -W` (a whole benchmark) looks like a dead connection.
+                # timeout, and any command longer than that would look like a dead connection.
                 raw = dev.shell(
                     wrap_exit_status(cmd),
                     transport_timeout_s=timeout,
@@ -138,14 +144,12 @@ class AdbShellTransport(Transport):
                 self._drop()
                 raise TransientError(f"connection lost: {e}") from e
             code, out = split_exit_status(raw.decode("utf-8", "replace"))
+            if code < 0:
+                self._drop()
+                raise TransientError("the shell ended without an exit status (connection lost)")
             return ShellResult(code, out, "")
 
-        if not retry:
-            try:
-                return once()
-            except TransientError as e:
-                raise DeviceError(self.serial, f"shell {cmd[:60]!r}: {e}", reason="transient") from e
-        return retry_transient(once, serial=self.serial, what=f"shell {cmd[:60]!r}")
+        return once_or_retry(once, retry_=retry, serial=self.serial, what=f"shell {cmd[:60]!r}")
 
     def _push_raw(self, local: Path, remote: str, *, timeout: float) -> None:
         from adb_shell import exceptions as ex
