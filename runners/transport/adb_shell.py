@@ -94,21 +94,25 @@ class AdbShellTransport(Transport):
                 raise DeviceTimeout(
                     self.serial, f"no answer to the ADB handshake within {self.connect_timeout:.0f}s"
                 ) from None
-            # After offering our public key the device is waiting for a person to press "Allow".
-            raise DeviceUnauthorized(
-                self.serial,
-                f"did not authorize mpk's key ({self.key_path}.pub) within {self.auth_timeout:.0f}s",
-                hint="accept the 'Allow USB debugging?' prompt on the device (or add the key to its adb_keys), "
-                "then retry",
-            ) from None
-        except (ConnectionRefusedError, OSError) as e:
+            raise self._unauthorized() from None
+        except OSError as e:
             dev.close()
+            if asked:  # the device gave up waiting for "Allow" and closed the connection
+                raise self._unauthorized() from None
             raise DeviceNotFound(self.serial, f"cannot connect to {self.address}: {e}") from None
         except (ex.InvalidResponseError, ex.InvalidCommandError, ex.AdbConnectionError) as e:
             dev.close()
             raise DeviceError(self.serial, f"ADB handshake failed: {e}", reason="protocol") from None
         self._dev = dev
         return dev
+
+    def _unauthorized(self) -> DeviceUnauthorized:
+        # After offering our public key the device is waiting for a person to press "Allow".
+        return DeviceUnauthorized(
+            self.serial,
+            f"did not authorize mpk's key ({self.key_path}.pub) within {self.auth_timeout:.0f}s",
+            hint="accept the 'Allow USB debugging?' prompt on the device (or add the key to its adb_keys), then retry",
+        )
 
     def _drop(self) -> None:
         if self._dev is not None:

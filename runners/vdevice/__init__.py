@@ -1,18 +1,6 @@
-"""mpk's virtual Android device: a loopback adbd over a sandboxed filesystem (see server.py)."""
+"""mpk's virtual Android device: a loopback adbd over a sandboxed filesystem.
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from runners.vdevice.server import VirtualDevice
-
-__all__ = ["VirtualDevice"]
-
-
-def __getattr__(name: str):
-    if name == "VirtualDevice":
-        from runners.vdevice.server import VirtualDevice
-
-        return VirtualDevice
-    raise AttributeError(name)
+``server.py`` (the ADB transport and services) <- ``toolbox.py`` (the shell's commands: ``posix.py`` and
+``android.py``) <- ``shell.py``; ``device.py`` holds the state, ``activity.py`` the benchmark app,
+``sync.py`` file transfer, ``sandbox.py`` the path rules. Import ``runners.vdevice.server.VirtualDevice``.
+"""

@@ -27,7 +27,7 @@ def default_runner_cmd() -> list[str]:
 
 class DeviceState:
     """``root`` holds the device's filesystem; the benchmark app's private copies live in ``work_dir``
-    (default: ``root``'s sibling ``activity/``), which no client can reach."""
+    (default: the sibling ``<root>.activity/``), which no client can reach and which is emptied at start."""
 
     def __init__(
         self,
@@ -52,7 +52,7 @@ class DeviceState:
         self._populate_sys()
         self.activities = ActivityManager(
             self.fs,
-            Path(work_dir) if work_dir else Path(root).resolve().parent / "activity",
+            Path(work_dir) if work_dir else Path(root).resolve().with_name(Path(root).name + ".activity"),
             runner_cmd=self.runner_cmd,
             runner_timeout=runner_timeout,
             log=self.log,

@@ -686,8 +686,8 @@ def _chmod(sh: Shell, args: list[str], io: Io) -> int:
                 is_dir = t.is_dir()
                 new = mode if mode is not None else _apply_symbolic(stat_mod.S_IMODE(t.stat().st_mode), spec,
                                                                     directory=is_dir)  # fmt: skip
-                os.chmod(t, _safe_mode(new, directory=is_dir), follow_symlinks=False)
-        except (OSError, SandboxEscape, NotImplementedError) as e:
+                os.chmod(t, _safe_mode(new, directory=is_dir))  # t is resolved, or a non-link found under it
+        except (OSError, SandboxEscape) as e:
             io.err(f"chmod: {p}: {strerror(e)}\n")
             status = 1
     return status

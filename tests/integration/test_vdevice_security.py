@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mpk.errors import DeviceError
+from mpk.errors import DeviceError, DeviceUnauthorized
 from runners.transport.adb_shell import AdbShellTransport
 from runners.transport.adbkey import ensure_key, public_key_line
 from runners.vdevice import protocol as P
@@ -265,6 +265,17 @@ def test_handshake_and_idle_timeouts(tmp_path: Path, key: Path) -> None:
                 elif pkt.name == "CLSE":
                     break
             assert got == b"finished\n"
+
+
+def test_unknown_key_closed_at_handshake_timeout_reads_as_unauthorized(tmp_path: Path, key: Path) -> None:
+    """A device that stops waiting for "Allow" and closes: the client says so, not "cannot connect"."""
+    stranger = ensure_key(tmp_path / "stranger" / "adbkey")
+    with VirtualDevice(tmp_path / "dev", handshake_timeout=0.5) as v:
+        tr = AdbShellTransport(v.serial, key_path=stranger, auth_timeout=10)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnauthorized, match="did not authorize"):
+            tr.shell("echo hi", retry=False)
+        assert time.monotonic() - t0 < 5
 
 
 def test_connection_cap_is_logged_and_recovers(tmp_path: Path, key: Path, caplog: pytest.LogCaptureFixture) -> None:
