@@ -624,7 +624,11 @@ class VirtualDevice:
                 log.warning("vdevice: %d connections open (the limit); refusing %s", self.max_connections, peer)
             client.close()
             return
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the client is gone already
+            client.close()
+            return
         conn = Connection(self, client, peer)
         with self._conns_lock:
             self._conns.add(conn)
