@@ -22,13 +22,11 @@ import stat as stat_mod
 import time
 from pathlib import Path
 
+from runners.vdevice.printf import PrintfUsage, escapes, printf
 from runners.vdevice.sandbox import SandboxEscape
 from runners.vdevice.shell import Builtin, ExitShell, Io, Shell, strerror
 
 POSIX_COMMANDS: dict[str, Builtin] = {}
-
-#: printf field widths/precisions above this are refused (``%999999999d`` would allocate a gigabyte).
-MAX_FIELD = 4096
 
 
 def command(*names: str):
@@ -129,177 +127,33 @@ def _exit(sh: Shell, args: list[str], io: Io) -> int:
 
 @command("echo")
 def _echo(sh: Shell, args: list[str], io: Io) -> int:
-    newline, escapes = True, False
+    newline, interpret = True, False
     while args and re.fullmatch(r"-[neE]+", args[0]):
         newline = newline and "n" not in args[0]
-        escapes = "e" in args[0] or (escapes and "E" not in args[0])
+        interpret = "e" in args[0] or (interpret and "E" not in args[0])
         args = args[1:]
     text = " ".join(args)
-    if escapes:
-        text, stop = _escapes(text, in_b=True)
+    if interpret:
+        text, stop = escapes(text, in_b=True)
         newline = newline and not stop
     io.out(text + ("\n" if newline else ""))
     return 0
 
 
-# -- printf --------------------------------------------------------------------------------------------------------
-_SIMPLE_ESC = {"\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-               '"': '"', "'": "'"}  # fmt: skip
-_CONV = re.compile(r"%([-+ #0]*)(\*|\d+)?(?:\.(\*|\d*))?([diouxXeEfFgGcsb%])?")
-
-
-def _escapes(text: str, *, in_b: bool = False) -> tuple[str, bool]:
-    """Backslash escapes as printf's format (or ``%b``/``echo -e`` when ``in_b``) reads them.
-
-    Returns (text, stop): ``\\c`` in ``%b``/``echo -e`` stops all further output. An escape that
-    means nothing (``\\q``, a ``\\x`` without hex digits) is printed as written, like toybox does.
-    """
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c != "\\" or i + 1 >= n:
-            out.append(c)
-            i += 1
-            continue
-        e = text[i + 1]
-        if e in _SIMPLE_ESC:
-            out.append(_SIMPLE_ESC[e])
-            i += 2
-        elif e == "c" and in_b:
-            return "".join(out), True
-        elif e == "x":
-            m = re.match(r"[0-9A-Fa-f]{1,2}", text[i + 2 :])
-            if m:
-                out.append(chr(int(m.group(), 16)))
-                i += 2 + len(m.group())
-            else:
-                out.append("\\x")
-                i += 2
-        elif e in "01234567":
-            # format strings: \NNN (1-3 digits); %b and echo -e: \0NNN (the 0 plus up to 3 digits)
-            start = i + 2 if (in_b and e == "0") else i + 1
-            m = re.match(r"[0-7]{1,3}", text[start:])
-            digits = m.group() if m else "0"
-            out.append(chr(int(digits, 8) & 0xFF))
-            i = start + (len(m.group()) if m else 0)
-        else:
-            out.append("\\" + e)
-            i += 2
-    return "".join(out), False
-
-
-def _num_arg(arg: str, io: Io, *, integer: bool) -> int | float:
-    """A printf numeric argument: decimal, 0x hex, 0 octal, or 'c (the character's code); bad ones warn."""
-    a = arg.strip()
-    if a[:1] in ("'", '"') and len(a) >= 2:
-        return ord(a[1])
-    m = re.fullmatch(r"([+-]?)(0[xX][0-9a-fA-F]{1,16}|0[0-7]{0,22}|[1-9]\d{0,19})", a)
-    if m:
-        sign, digits = m.groups()
-        base = 16 if digits[:2].lower() == "0x" else 8 if digits.startswith("0") and len(digits) > 1 else 10
-        value = int(digits[2:] if base == 16 else digits, base)
-        return -value if sign == "-" else value
-    if not integer and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?|[+-]?(inf|nan)", a, flags=re.I):
-        return float(a)
-    io.err(f"printf: invalid number '{arg}'\n")
-    raise _BadNumber
-
-
-class _BadNumber(Exception):
-    pass
-
-
-class _Args:
-    """printf's arguments, consumed left to right; missing ones read as empty/zero."""
-
-    def __init__(self, items: list[str]) -> None:
-        self.items, self.pos = items, 0
-
-    def take(self) -> str | None:
-        if self.pos >= len(self.items):
-            return None
-        self.pos += 1
-        return self.items[self.pos - 1]
-
-
-def _field(spec: str | None, args: _Args, io: Io) -> str:
-    if spec != "*":
-        if spec and int(spec) > MAX_FIELD:
-            raise _Usage(f"field width or precision {spec} is larger than {MAX_FIELD}")
-        return spec or ""
-    value = args.take() or "0"
-    try:
-        n = int(value)
-    except ValueError:
-        io.err(f"printf: invalid number '{value}'\n")
-        n = 0
-    if abs(n) > MAX_FIELD:
-        raise _Usage(f"field width or precision {n} is larger than {MAX_FIELD}")
-    return str(n)
-
-
-def _format_once(fmt: str, args: _Args, io: Io) -> tuple[str, bool, int]:
-    """One pass of ``fmt`` over the next arguments: (text, stop after \\c, status)."""
-    out: list[str] = []
-    pos, status = 0, 0
-    for m in _CONV.finditer(fmt):
-        out.append(_escapes(fmt[pos : m.start()])[0])
-        pos = m.end()
-        flags, width, prec, conv = m.groups()
-        if conv is None:  # a lone or malformed '%' is printed as written
-            out.append(m.group())
-            continue
-        if conv == "%":
-            out.append("%")
-            continue
-        width = _field(width, args, io)
-        prec = _field(prec, args, io) if prec is not None else None
-        arg = args.take()
-        spec = "%" + flags + width + ("." + prec if prec is not None else "")
-        if conv in "diouxX":
-            try:
-                v = int(_num_arg(arg, io, integer=True)) if arg is not None else 0
-            except _BadNumber:
-                v, status = 0, 1
-            if conv == "u" and v < 0:
-                v &= (1 << 64) - 1
-            out.append((spec + ("d" if conv in "iu" else conv)) % v)
-        elif conv in "eEfFgG":
-            try:
-                f = float(_num_arg(arg, io, integer=False)) if arg is not None else 0.0
-            except _BadNumber:
-                f, status = 0.0, 1
-            out.append((spec + conv) % f)
-        elif conv == "c":
-            out.append((spec + "s") % (arg[:1] if arg else ""))
-        elif conv == "b":
-            text, stop = _escapes(arg or "", in_b=True)
-            out.append((spec + "s") % text)
-            if stop:
-                return "".join(out), True, status
-        else:
-            out.append((spec + "s") % (arg or ""))
-    out.append(_escapes(fmt[pos:])[0])
-    return "".join(out), False, status
-
-
 @command("printf")
 @_usage_errors
 def _printf(sh: Shell, args: list[str], io: Io) -> int:
-    """POSIX printf: escapes, ``%[flags][width][.prec]{diouxXeEfFgGcsb%}``, the format reused while arguments
-    remain. A bad number warns and counts as 0 (status 1); a meaningless escape prints as written."""
+    """POSIX printf (see printf.py). A bad number warns and counts as 0 (status 1)."""
     if not args:
         raise _Usage("needs a format")
-    fmt, feed = args[0], _Args(args[1:])
-    status = 0
-    while True:
-        before = feed.pos
-        text, stop, st = _format_once(fmt, feed, io)
-        io.out(text)
-        status = status or st
-        if stop or feed.pos == before or feed.pos >= len(feed.items):
-            return status
+    try:
+        text, warnings, status = printf(args[0], args[1:])
+    except PrintfUsage as e:
+        raise _Usage(str(e)) from None
+    io.out(text)
+    for w in warnings:
+        io.err(f"printf: {w}\n")
+    return status
 
 
 @command("cd")
