@@ -111,6 +111,7 @@ def test_device_killed_mid_cell_ends_the_bench_with_exit_4(pkg: Path, tmp_path: 
     device; the host-CPU lock was released at once (host cells still to run start within seconds); and the
     benchmark the device had started dies with it."""
     proc, port, root = start_device_process(tmp_path, key)
+    bench = None
     try:
         bench = _bench(tmp_path, pkg, _devices_yaml(tmp_path, port, host=True, min_seconds=2.0))
         _wait_for_activity(root, bench)
@@ -120,7 +121,7 @@ def test_device_killed_mid_cell_ends_the_bench_with_exit_4(pkg: Path, tmp_path: 
         took = time.monotonic() - killed
     finally:
         stop_device_process(proc)
-        if bench.poll() is None:
+        if bench is not None and bench.poll() is None:
             bench.kill()
     assert bench.returncode == 4, out[-3000:]
     assert took < 60, f"mpk bench needed {took:.0f} s after the device died"
@@ -144,6 +145,7 @@ def test_ctrl_c_stops_the_cell_on_the_device(pkg: Path, tmp_path: Path, key: Pat
     """SIGINT to ``mpk bench`` mid-cell: mpk exits 130, sends ``am force-stop org.mpk.bench``, and the device kills
     the host runner it started for that activity; the device itself keeps serving."""
     proc, port, root = start_device_process(tmp_path, key)
+    bench = None
     try:
         bench = _bench(tmp_path, pkg, _devices_yaml(tmp_path, port, host=False, min_seconds=60.0))
         _wait_for_activity(root, bench)
@@ -159,7 +161,7 @@ def test_ctrl_c_stops_the_cell_on_the_device(pkg: Path, tmp_path: Path, key: Pat
         finally:
             tr.close()
     finally:
-        if bench.poll() is None:
+        if bench is not None and bench.poll() is None:
             bench.kill()
         assert stop_device_process(proc) == 0
 
