@@ -192,6 +192,7 @@ class Bench:
         self._virtual: DeviceSpec | None = None
         self._virtual_stop: Callable[[], None] | None = None
         self._virtual_lock = threading.Lock()
+        self._running: set[Any] = set()  # drivers with a cell in flight, stopped by close() on Ctrl-C
         self.reference = write_reference(self.manifest, self.manifest_dir, self.work / "reference")
         self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
@@ -232,6 +233,8 @@ class Bench:
             return Plan(device, None, False, f"device absent ({probe.detail}) and no virtual device: {e.message}")
 
     def close(self) -> None:
+        for driver in list(self._running):
+            driver.cancel()
         if self._virtual_stop is not None:
             self._virtual_stop()
             self._virtual_stop = None
@@ -282,6 +285,7 @@ class Bench:
         with lock:
             self._cooldown(driver, target, settings)
             started = utc_now()
+            self._running.add(driver)
             try:
                 result = driver.run(spec_dir, spec, target, timeout_s=self.timeout_s)
             except DeviceError:
@@ -290,6 +294,8 @@ class Bench:
                 cell = self.skipped_cell(plan, artifact, e.message, status="error")
                 cell.update(started_utc=started, finished_utc=utc_now())
                 return cell
+            finally:
+                self._running.discard(driver)
             finished = utc_now()
         art = result["artifacts"][0]
         err = art.get("error")

@@ -41,6 +41,9 @@ class Driver(abc.ABC):
         RunnerError when no result could be had at all (device gone, app crashed).
         """
 
+    def cancel(self) -> None:  # noqa: B027 - a driver with nothing running elsewhere has nothing to stop
+        """Stop the cell this driver is running, on the device too (Ctrl-C). Called from another thread."""
+
     def temperatures(self, device: DeviceSpec) -> dict[str, float]:
         """Current temperatures (degrees C) for cool-down decisions; empty when unknown."""
         return {}

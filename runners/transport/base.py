@@ -72,6 +72,17 @@ def retry(fn: Callable[[], T], *, serial: str, what: str, attempts: int = 3, bac
     raise AssertionError("unreachable")
 
 
+def once_or_retry(fn: Callable[[], T], *, retry_: bool, serial: str, what: str) -> T:
+    """``retry(fn)``, or with ``retry_=False`` (a command that must not run twice) one try whose lost
+    connection is a DeviceError at once: nothing is repeated and the caller learns the device is gone."""
+    if retry_:
+        return retry(fn, serial=serial, what=what)
+    try:
+        return fn()
+    except TransientError as e:
+        raise DeviceError(serial, f"{what}: {e}", reason="transient") from e
+
+
 class Transport(abc.ABC):
     """A connection to one device. Subclasses implement the ``_raw`` operations; base adds checks and retries."""
 
@@ -159,7 +170,8 @@ def wrap_exit_status(cmd: str) -> str:
 
 
 def split_exit_status(output: str) -> tuple[int, str]:
-    """Undo :func:`wrap_exit_status`: (exit status, the command's own output). -1 when the marker is missing."""
+    """Undo :func:`wrap_exit_status`: (exit status, the command's own output). -1 when the marker is missing
+    (the shell ended before the command did: transports treat that as a lost connection)."""
     norm = output.replace("\r\n", "\n")
     idx = norm.rfind("\n" + EXIT_MARKER)
     if idx < 0:
