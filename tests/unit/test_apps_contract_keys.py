@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KOTLIN = ROOT / "android_app/app/src/main/java/org/mpk/bench/contract/Keys.kt"
 SWIFT = ROOT / "ios_app/Sources/BenchmarkCore/Keys.swift"
-RESULT = json.loads((ROOT / "runners/schemas/runner_result.schema.json").read_text())
-SPEC = json.loads((ROOT / "runners/schemas/runner_spec.schema.json").read_text())
+RESULT = json.loads((ROOT / "mpk/contract/schemas/runner_result.schema.json").read_text())
+SPEC = json.loads((ROOT / "mpk/contract/schemas/runner_spec.schema.json").read_text())
 
 # nested block name -> the schema object it mirrors
 RESULT_BLOCKS = {
