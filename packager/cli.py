@@ -86,15 +86,23 @@ def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) -> None:
+def render_summary(
+    manifest: dict[str, Any], manifest_path: Path | None = None, *, file_problems: dict[str, list[str]] | None = None
+) -> None:
+    """The artifact table; ``file_problems`` (``mpk inspect``) replaces the verify column of a changed artifact."""
     from rich.table import Table
 
     con = _console()
     table = Table(title=f"{manifest['model']['name']} ({manifest['model']['sha256'][:12]})")
     for col in ("backend", "scheme", "size MB", "vs fp32", "delegated", "cosine", "top-1 agree", "verify", "cache"):
         table.add_column(col, overflow="fold")
-    for row in summary_rows(manifest):
+    problems = file_problems or {}
+    for a, row in zip(manifest["artifacts"], summary_rows(manifest), strict=True):
+        if a["id"] in problems:
+            row[7] = "[bold red]NOT AS PACKAGED[/bold red]: " + "; ".join(problems[a["id"]])
         table.add_row(*row)
+    if "reference" in problems:
+        con.print("[bold red]reference:[/bold red] " + "; ".join(problems["reference"]))
     con.print(table)
     for f in manifest["failures"]:
         con.print(f"[bold red]FAILED[/bold red] {f['backend']}/{f['scheme']}: {f['error']}")
@@ -177,16 +185,31 @@ def _find_manifest(path: Path) -> Path | None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_cmd(path: Path, as_json: bool) -> None:
-    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation)."""
+    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation).
+
+    For a package, every artifact file is checked against the manifest's size and sha256 first: exit 1
+    when one is missing or changed (the table says which), 2 when the manifest itself is unreadable.
+    """
     manifest_path = _find_manifest(path)
     if manifest_path is not None:
-        from packager.manifest import read_manifest
+        from mpk.contract import read_manifest
+        from mpk.errors import CheckFailed
+        from packager.manifest import file_problems
 
         manifest = read_manifest(manifest_path)
+        problems = file_problems(manifest, manifest_path.parent)
         if as_json:
-            click.echo(json.dumps(manifest, indent=2))
+            check = {"ok": not problems, "problems": problems}
+            click.echo(json.dumps({**manifest, "file_check": check}, indent=2))
         else:
-            render_summary(manifest, manifest_path)
+            render_summary(manifest, manifest_path, file_problems=problems)
+        if problems:
+            n = sum(len(v) for v in problems.values())
+            first = next(iter(problems.values()))[0]
+            raise CheckFailed(
+                f"{n} file(s) of {manifest_path.parent} do not match the manifest ({first}"
+                f"{', ...' if n > 1 else ''}); the package was changed after mpk package wrote it"
+            )
         return
     from packager.inspect_artifact import inspect_artifact
 

@@ -23,8 +23,8 @@ import numpy as np
 from mpk.contract import MANIFEST_VERSION as SCHEMA_VERSION
 from mpk.contract import write_manifest
 
-__all__ = ["SCHEMA_VERSION", "compressed_size", "environment", "sha256_path", "size_path", "utc_now",
-           "write_manifest", "write_reference"]  # fmt: skip
+__all__ = ["SCHEMA_VERSION", "compressed_size", "environment", "file_problems", "sha256_path", "size_path",
+           "utc_now", "write_manifest", "write_reference"]  # fmt: skip
 
 
 def sha256_path(path: Path) -> str:
@@ -45,6 +45,32 @@ def size_path(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def file_problems(manifest: dict[str, Any], manifest_dir: Path) -> dict[str, list[str]]:
+    """artifact id -> what no longer matches the manifest: a missing file, another size, another sha256.
+
+    Every artifact and every extra file it lists is checked (size first, then the hash); ``reference``
+    is listed under ``"reference"``. Empty when every file is what the manifest says.
+    """
+    entries: list[tuple[str, dict[str, Any]]] = []
+    for a in manifest["artifacts"]:
+        entries.append((a["id"], a))
+        entries.extend((a["id"], e) for e in a.get("extra_files") or [] if isinstance(e, dict))
+    if manifest.get("reference"):
+        entries.append(("reference", manifest["reference"]))
+    out: dict[str, list[str]] = {}
+    for key, e in entries:
+        path = manifest_dir / e["path"]
+        if not path.exists():
+            out.setdefault(key, []).append(f"{e['path']} is missing")
+            continue
+        size = size_path(path)
+        if "size_bytes" in e and size != e["size_bytes"]:
+            out.setdefault(key, []).append(f"{e['path']} is {size} bytes, the manifest says {e['size_bytes']}")
+        elif sha256_path(path) != e["sha256"]:
+            out.setdefault(key, []).append(f"{e['path']} does not match its sha256 in the manifest (changed since)")
+    return out
 
 
 def compressed_size(path: Path) -> int:
