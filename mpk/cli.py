@@ -81,7 +81,8 @@ def run(argv: list[str] | None = None) -> None:
     try:
         rv = main.main(args=argv, prog_name="mpk", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort) as e:
-        why = getattr(e, "message", "")
+        # Click turns a KeyboardInterrupt into Abort; mpk's Interrupted (what was kept, where) is its cause
+        why = getattr(e, "message", "") or getattr(e.__cause__, "message", "")
         click.echo("\ninterrupted" + (f": {why}" if why else ""), err=True)
         sys.exit(EXIT_INTERRUPTED)
     except ModuleNotFoundError as e:

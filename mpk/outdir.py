@@ -34,8 +34,8 @@ MARKER = ".mpk-output.json"
 
 @dataclass(frozen=True)
 class OutputKind:
-    """What one command writes. ``legacy`` recognises a folder written before the marker existed:
-    entry name -> a text its file must contain (None for a folder or any content)."""
+    """What one command writes. ``legacy`` recognises a folder written before the marker existed: entry
+    name -> a text its file must contain (None: may be there, any content). Files with a text must be there."""
 
     name: str
     legacy: Mapping[str, str | None]
@@ -55,7 +55,8 @@ def is_ours(path: Path, kind: OutputKind) -> bool:
             return doc["kind"] == kind.name and entries - {MARKER} <= listed
         except (OSError, ValueError, KeyError, TypeError):
             return False
-    if not entries or not entries <= set(kind.legacy):
+    required = {name for name, text in kind.legacy.items() if text is not None}
+    if not entries or not entries <= set(kind.legacy) or not required <= entries:
         return False
     for name in entries:
         text = kind.legacy[name]
