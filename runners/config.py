@@ -72,7 +72,8 @@ def load_devices(path: Path | str) -> DevicesConfig:
 def load_budgets(path: Path | str) -> list[BudgetRule]:
     """The ``budgets:`` of a devices.yaml (validated whole, as ``mpk bench`` would), or of a budgets-only file.
 
-    A budgets-only file holds nothing but ``budgets:``. Raises one ConfigError listing every problem.
+    A budgets-only file holds nothing but ``budgets:``. Raises one ConfigError listing every problem; a
+    file without any rule is one too (a gate against it would gate nothing).
     """
     p = Path(path)
     doc = load_yaml(p, what="budgets file")
@@ -80,8 +81,13 @@ def load_budgets(path: Path | str) -> list[BudgetRule]:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(str(p), [f"expected a mapping at the top level, got {type(doc).__name__}"])
-    if "devices" in doc:
-        return parse_devices(doc, p.name).budgets
+    rules = parse_devices(doc, p.name).budgets if "devices" in doc else _budgets_only(doc, p)
+    if not rules:  # gating against a file without a rule would gate nothing
+        raise ConfigError(str(p), ["budgets: the file sets no budget rule (expected a non-empty budgets: list)"])
+    return rules
+
+
+def _budgets_only(doc: dict[str, Any], p: Path) -> list[BudgetRule]:
     only = "unknown key; a budgets file holds only 'budgets' (or use devices.yaml)"
     extra = [f"{k}: {only}" for k in doc if k != "budgets"]
     if extra:
