@@ -49,7 +49,7 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
 
 HEADERS = ["device", "ran_on", "emulated", "artifact", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak MB", "rise MB",
            "accuracy",
-           "status"]  # fmt: skip
+           "outcome"]  # fmt: skip
 
 
 def render_cells(cells: list[dict[str, Any]]) -> None:
