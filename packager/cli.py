@@ -137,7 +137,8 @@ def render_summary(
 )
 @click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Export everything afresh.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")
-def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any) -> None:
+@click.option("--verbose", is_flag=True, help="Let torch, coremltools and onnxscript log their warnings too.")
+def package(recipe_file: str | None, dry_run: bool, no_cache: bool, verbose: bool, **flags: Any) -> None:
     """Package a PyTorch model into verified ExecuTorch/ONNX/CoreML artifacts plus a manifest.
 
     Exit codes: 0 all artifacts passed (CoreML off macOS counts as skipped), 1 a verification
@@ -152,7 +153,8 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any
     if dry_run:
         click.echo(recipe.to_yaml(), nl=False)
         return
-    _quiet_third_party()
+    if not verbose:
+        _quiet_third_party()
     from packager.pipeline import package as run_package
 
     result = run_package(recipe, progress=RichProgress())
@@ -163,13 +165,18 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any
 
 
 def _quiet_third_party() -> None:
-    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning) buries mpk's own lines."""
+    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning, torch.export's own traceback
+    of a file it cannot read) buries mpk's one line. ``mpk package --verbose`` keeps it."""
     import logging
     import warnings
 
+    import torch
+
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|onnxscript)\b.*")
-    for name in ("coremltools", "torch", "torchao", "onnxscript"):
+    # torch sets its loggers' levels when it is imported, so they are set through its own API, after the import
+    torch._logging.set_logs(all=logging.ERROR)
+    for name in ("coremltools", "torchao", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -91,3 +91,22 @@ def test_arbitrary_bytes_are_a_usage_error_without_traceback(files: dict[str, Pa
             shutil.rmtree(work)
 
     check()
+
+
+def test_a_corrupt_pt2_is_one_line_without_torchs_traceback(tmp_path: Path) -> None:
+    """torch.export logs its own traceback of a file it cannot read before raising; mpk keeps it out of the way
+    (``--verbose`` lets it through)."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "model.pt2"
+    bad.write_bytes(bytes(range(256)) * 20)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    cmd = [sys.executable, "-m", "mpk", "package", "--model", str(bad), "--quantize", "none", "--backends", "onnx",
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 5
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error:"), r.stderr
+    loud = subprocess.run([*cmd, "--verbose"], capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == 5 and "Traceback" in loud.stderr  # what was kept quiet is torch's, and it exists
