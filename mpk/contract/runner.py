@@ -123,6 +123,15 @@ def read_result(path: Path | str) -> RunnerResult:
     return validate_result(read_json(path, what="runner result", error=SchemaError), what=f"runner result {path}")
 
 
+def parse_result(text: str, *, what: str = "runner result") -> RunnerResult:
+    """A runner result that arrived as text (``run-as ... cat result.json`` over adb), validated like a file."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{what} is not JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    return validate_result(doc, what=what)
+
+
 def write_result(path: Path | str, result: RunnerResult | dict[str, Any]) -> Path:
     validate_result(result, what="runner result to write")
     return write_text_atomic(path, json.dumps(result, indent=1) + "\n")

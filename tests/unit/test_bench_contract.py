@@ -147,3 +147,13 @@ def test_cli_help_and_devices_command(repo_root: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2
     assert "devices[0].kind: unknown device kind 'hots'" in r.output
     assert "devices[0].threads: expected an integer >= 1, got 0" in r.output
+
+
+def test_parse_result_is_the_file_reader_for_text() -> None:
+    from mpk.contract import parse_result
+
+    r = _result()
+    assert parse_result(json.dumps(r)) == r
+    with pytest.raises(SchemaError, match="is not JSON") as e:
+        parse_result("Segmentation fault", what="result from pixel-7")
+    assert e.value.exit_code == 4  # a runner's output, not the user's file
