@@ -1,7 +1,7 @@
 """The host runner: ``python -m runners.host_runner --spec SPEC.json --out RESULT.json``.
 
 Reads a runner spec, measures every artifact on this machine and writes one
-runner result (runners/schemas/runner_result.schema.json). Each artifact runs
+runner result (mpk/contract/schemas/runner_result.schema.json). Each artifact runs
 in a FRESH child process, so its memory numbers belong to that artifact alone
 and a runtime that crashes takes down only its own measurement. The child:
 

@@ -87,6 +87,7 @@ def test_arbitrary_bytes_are_a_usage_error_without_traceback(files: dict[str, Pa
             assert "Traceback" not in r.output
             assert r.output.startswith(("error:", "Error:", "Usage:")), r.output
             assert not (work / "out").exists(), "a refused input left an output folder behind"
+            assert not list(work.glob(".out.*")), "a refused input left a staging folder behind"
         finally:
             shutil.rmtree(work)
 
