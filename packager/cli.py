@@ -113,15 +113,23 @@ def verification_notes(manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) -> None:
+def render_summary(
+    manifest: dict[str, Any], manifest_path: Path | None = None, *, file_problems: dict[str, list[str]] | None = None
+) -> None:
+    """The artifact table; ``file_problems`` (``mpk inspect``) replaces the verify column of a changed artifact."""
     from rich.table import Table
 
     con = _console()
     table = Table(title=f"{manifest['model']['name']} ({manifest['model']['sha256'][:12]})")
     for col in ("backend", "scheme", "size MB", "vs fp32", "delegated", "cosine", "top-1 agree", "verify", "cache"):
         table.add_column(col, overflow="fold")
-    for row in summary_rows(manifest):
+    problems = file_problems or {}
+    for a, row in zip(manifest["artifacts"], summary_rows(manifest), strict=True):
+        if a["id"] in problems:
+            row[7] = "[bold red]NOT AS PACKAGED[/bold red]: " + "; ".join(problems[a["id"]])
         table.add_row(*row)
+    if "reference" in problems:
+        con.print("[bold red]reference:[/bold red] " + "; ".join(problems["reference"]))
     con.print(table)
     for line in verification_notes(manifest):
         con.print(line)
@@ -158,7 +166,8 @@ def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) 
 )
 @click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Export everything afresh.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")
-def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any) -> None:
+@click.option("--verbose", is_flag=True, help="Let torch, coremltools and onnxscript log their warnings too.")
+def package(recipe_file: str | None, dry_run: bool, no_cache: bool, verbose: bool, **flags: Any) -> None:
     """Package a PyTorch model into verified ExecuTorch/ONNX/CoreML artifacts plus a manifest.
 
     Exit codes: 0 all artifacts passed (CoreML off macOS counts as skipped), 1 a verification
@@ -173,7 +182,8 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any
     if dry_run:
         click.echo(recipe.to_yaml(), nl=False)
         return
-    _quiet_third_party()
+    if not verbose:
+        _quiet_third_party()
     from packager.pipeline import package as run_package
 
     result = run_package(recipe, progress=RichProgress())
@@ -184,13 +194,18 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any
 
 
 def _quiet_third_party() -> None:
-    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning) buries mpk's own lines."""
+    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning, torch.export's own traceback
+    of a file it cannot read) buries mpk's one line. ``mpk package --verbose`` keeps it."""
     import logging
     import warnings
 
+    import torch
+
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|onnxscript)\b.*")
-    for name in ("coremltools", "torch", "torchao", "onnxscript"):
+    # torch sets its loggers' levels when it is imported, so they are set through its own API, after the import
+    torch._logging.set_logs(all=logging.ERROR)
+    for name in ("coremltools", "torchao", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -206,16 +221,31 @@ def _find_manifest(path: Path) -> Path | None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_cmd(path: Path, as_json: bool) -> None:
-    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation)."""
+    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation).
+
+    For a package, every artifact file is checked against the manifest's size and sha256 first: exit 1
+    when one is missing or changed (the table says which), 2 when the manifest itself is unreadable.
+    """
     manifest_path = _find_manifest(path)
     if manifest_path is not None:
-        from packager.manifest import read_manifest
+        from mpk.contract import read_manifest
+        from mpk.errors import CheckFailed
+        from packager.manifest import file_problems
 
         manifest = read_manifest(manifest_path)
+        problems = file_problems(manifest, manifest_path.parent)
         if as_json:
-            click.echo(json.dumps(manifest, indent=2))
+            check = {"ok": not problems, "problems": problems}
+            click.echo(json.dumps({**manifest, "file_check": check}, indent=2))
         else:
-            render_summary(manifest, manifest_path)
+            render_summary(manifest, manifest_path, file_problems=problems)
+        if problems:
+            n = sum(len(v) for v in problems.values())
+            first = next(iter(problems.values()))[0]
+            raise CheckFailed(
+                f"{n} file(s) of {manifest_path.parent} do not match the manifest ({first}"
+                f"{', ...' if n > 1 else ''}); the package was changed after mpk package wrote it"
+            )
         return
     from packager.inspect_artifact import inspect_artifact
 

@@ -23,6 +23,7 @@ import yaml
 
 from mpk.errors import ConfigError, UnknownNameError, UsageError
 from mpk.registry import suggest
+from mpk.yamlio import load_yaml
 
 DEFAULT_BACKENDS = ("executorch", "onnx")
 DEFAULT_SCHEMES = ("none", "int8")
@@ -98,12 +99,7 @@ class Recipe:
         if recipe_file is not None:
             path = Path(recipe_file)
             source = str(path)
-            try:
-                raw = yaml.safe_load(path.read_text()) or {}
-            except FileNotFoundError:
-                raise UsageError(f"recipe file not found: {path}") from None
-            except yaml.YAMLError as e:
-                raise ConfigError(source, [f"not valid YAML: {e}"]) from None
+            raw = load_yaml(path, what="recipe file") or {}  # exit 2 on unreadable, non-UTF-8, bad or duplicate keys
             if not isinstance(raw, dict):
                 raise ConfigError(source, ["expected a mapping at the top level"])
         merged = dict(raw)

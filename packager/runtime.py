@@ -10,6 +10,7 @@ for is imported. CoreML off macOS raises :class:`~mpk.errors.RuntimeMissing`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mpk.errors import UsageError
@@ -28,6 +29,23 @@ def open_session(backend: str, path: Path, *, threads: int | None = None) -> Hos
     return EXPORTERS.get(backend)().open(path, threads=threads)
 
 
+def session_opener(backend: str, *, threads: int | None = None) -> Callable[[Path], HostSession]:
+    """``open(path)`` for ``backend``, with its session class imported now rather than at the first open.
+
+    The host runner calls this before reading its memory baseline, so the baseline already holds
+    everything but the model.
+    """
+    EXPORTERS.check_name(backend)
+    exporter = EXPORTERS.get(backend)()
+
+    def open_path(path: Path) -> HostSession:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: no such artifact")
+        return exporter.open(Path(path), threads=threads)
+
+    return open_path
+
+
 def backend_for_path(path: Path) -> str:
     """The backend whose artifact suffix ``path`` has, for callers holding only a file (``mpk inspect``).
 
@@ -42,4 +60,4 @@ def backend_for_path(path: Path) -> str:
     raise UsageError(f"{path}: unknown artifact type (expected one of {known})")
 
 
-__all__ = ["HostSession", "backend_for_path", "open_session"]
+__all__ = ["HostSession", "backend_for_path", "open_session", "session_opener"]

@@ -1,12 +1,8 @@
 """Numeric verification: run each artifact on the host runtime and compare with fp32 PyTorch.
 
-Metrics (all over the evaluation set, outputs of a sample concatenated):
-
-* ``max_abs_error``  largest |artifact - fp32| anywhere
-* ``cosine``         mean over samples of cos(artifact, fp32); 1.0 = same direction
-* ``snr_db``         10*log10(sum fp32^2 / sum (artifact - fp32)^2), capped at 200 (exact match)
-* ``top1_agreement`` classifiers: fraction of samples whose argmax equals fp32's
-* ``accuracy``, ``fp32_accuracy``  when labels are known
+Metrics over the evaluation set: ``max_abs_error``, ``cosine``, ``snr_db`` and ``top1_agreement``
+as defined once in :mod:`mpk.metrics` (the same numbers the bench measures on a device and the
+gate's accuracy floors bound), plus ``accuracy`` and ``fp32_accuracy`` when labels are known.
 
 Default tolerances were calibrated on this repo's models (digits-cnn, EfficientNet-Lite0):
 e.g. int8 min_top1_agreement 0.95 means at most 5 of 100 images may change their top-1 class.
@@ -21,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import RuntimeMissing
+from mpk.metrics import compare as compare_outputs
 from packager.types import Dataset, ExportedArtifact
 
 #: tolerance keys a recipe may set; the metric each one bounds and the direction
@@ -57,36 +54,22 @@ def compute_metrics(
     classifier: bool,
     labels: np.ndarray | None = None,
 ) -> dict[str, float | None]:
-    """``reference``/``actual``: one array per output, leading axis = sample.
+    """:func:`mpk.metrics.compare` plus accuracy against ``labels`` where they exist.
+
+    ``reference``/``actual``: one array per output, leading axis = sample.
 
     >>> r = [np.array([[[1.0, 0.0]], [[0.0, 1.0]]])]
     >>> compute_metrics(r, r, classifier=True)["top1_agreement"]
     1.0
     """
-    n = len(reference[0])
-    ref = np.concatenate([r.reshape(n, -1) for r in reference], axis=1).astype(np.float64)
-    got = np.concatenate([a.reshape(n, -1) for a in actual], axis=1).astype(np.float64)
-    err = got - ref
-    num = np.sum(ref * got, axis=1)
-    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
-    cos = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(np.abs(err).max(axis=1) == 0, 1.0, 0.0))
-    noise = float(np.sum(err**2))
-    snr = 200.0 if noise == 0 else min(200.0, 10 * np.log10(max(float(np.sum(ref**2)), 1e-30) / noise))
-    m: dict[str, float | None] = {
-        "max_abs_error": float(np.abs(err).max()),
-        "cosine": float(np.mean(cos)),
-        "snr_db": float(snr),
-        "top1_agreement": None,
-        "accuracy": None,
-        "fp32_accuracy": None,
-    }
-    if classifier:
+    m: dict[str, float | None] = {**compare_outputs(reference, actual, classifier=classifier),
+                                  "accuracy": None, "fp32_accuracy": None}  # fmt: skip
+    if classifier and labels is not None:
+        n = len(reference[0])
         ref_top = reference[0].reshape(n, -1).argmax(axis=1)
         got_top = actual[0].reshape(n, -1).argmax(axis=1)
-        m["top1_agreement"] = float(np.mean(ref_top == got_top))
-        if labels is not None:
-            m["accuracy"] = float(np.mean(got_top == labels[:n]))
-            m["fp32_accuracy"] = float(np.mean(ref_top == labels[:n]))
+        m["accuracy"] = float(np.mean(got_top == labels[:n]))
+        m["fp32_accuracy"] = float(np.mean(ref_top == labels[:n]))
     return m
 
 

@@ -11,15 +11,13 @@ from typing import Any
 
 import click
 
-from mpk.errors import InfraError, UsageError
-
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
 def cell_row(cell: dict[str, Any]) -> list[str]:
-    """One table row: device, ran_on, emulated, artifact, p50/p90/p99, load, peak and rise MB, accuracy, status.
+    """One table row: device, ran_on, emulated, artifact, p50/p90/p99, load, peak and rise MB, accuracy, outcome.
 
     Both memory figures: peak RSS is the documented definition, but in the host runner it includes the Python
     runtime (ExecuTorch's pybindings import torch), so the rise over the pre-load baseline is what compares
@@ -31,7 +29,8 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
         acc_s = (f"top1 {top1:.3f} " if top1 is not None else "") + f"cos {acc.get('cosine', 0):.4f}"
     else:
         acc_s = "-"
-    status = cell["status"] if not cell.get("error") else f"{cell['status']}: {cell['error'][:80]}"
+    word = cell["outcome"].replace("_", " ")
+    status = word if not cell.get("error") else f"{word}: {cell['error'][:80]}"
     return [
         cell["device_id"],
         cell.get("ran_on") or "-",
@@ -50,7 +49,7 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
 
 HEADERS = ["device", "ran_on", "emulated", "artifact", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak MB", "rise MB",
            "accuracy",
-           "status"]  # fmt: skip
+           "outcome"]  # fmt: skip
 
 
 def render_cells(cells: list[dict[str, Any]]) -> None:
@@ -100,50 +99,38 @@ def render_cells(cells: list[dict[str, Any]]) -> None:
     is_flag=True,
     help="Re-measure cells whose latency budget check is inconclusive (needs budgets in devices.yaml).",
 )
-def bench(manifest: Path, devices_file: Path, out_dir: Path, fallback: str | None, only_devices: tuple[str, ...],
-          only_artifacts: tuple[str, ...], iterations: int | None, min_seconds: float | None, warmup: int | None,
-          threads: int | None, cooldown: float | None, dry_run: bool, until_conclusive: bool) -> None:  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace an --out that holds files mpk did not write (kept as OUT.prev).")
+@click.pass_context
+def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path, fallback: str | None,
+          only_devices: tuple[str, ...], only_artifacts: tuple[str, ...], iterations: int | None,
+          min_seconds: float | None, warmup: int | None, threads: int | None, cooldown: float | None, dry_run: bool,
+          until_conclusive: bool, force: bool) -> None:  # fmt: skip
     """Benchmark MANIFEST's artifacts on the devices in devices.yaml; write OUT/results.json.
 
-    Exit 0 when every cell ran (skipped absent devices included), 4 when any cell failed
-    (the failure is in results.json), 2 for a bad flag, manifest or devices.yaml.
+    OUT is replaced only when the run ends (the previous one is kept as OUT.prev); Ctrl-C leaves it as it
+    was and keeps the finished cells in OUT.partial. Exit 0 when every cell ran (skipped absent devices
+    included), 4 when any cell failed (the failure is in results.json) or OUT is not writable, 2 for a bad
+    flag, manifest or devices.yaml, 130 when interrupted.
     """
-    # fmt: off
-    from runners.devices import load_devices
-    from runners.matrix import describe_plan, dump, run_matrix
-    # fmt: on
+    from runners.bench import BenchConfig, plan_bench, run_bench
 
-    config = load_devices(devices_file)
-    if until_conclusive and not config.budgets:
-        raise UsageError("--until-conclusive needs a budgets: list in devices.yaml")
-    overrides = {"min_iterations": iterations, "min_seconds": min_seconds, "warmup_iterations": warmup,
-                 "threads": threads, "cooldown_s": cooldown}  # fmt: skip
-    kw = {"fallback": fallback, "only_devices": list(only_devices) or None,
-          "only_artifacts": list(only_artifacts) or None, "overrides": overrides}  # fmt: skip
+    config = BenchConfig(manifest=manifest, out=out_dir, devices_file=devices_file, fallback=fallback,  # type: ignore[arg-type]
+                         only_devices=only_devices, only_artifacts=only_artifacts, iterations=iterations,
+                         min_seconds=min_seconds, warmup=warmup, threads=threads, cooldown=cooldown,
+                         until_conclusive=until_conclusive, force=force)  # fmt: skip
     if dry_run:
-        click.echo(dump(describe_plan(manifest, config, **kw)))
+        from runners.matrix import dump
+
+        click.echo(dump(plan_bench(config)))
         return
-    results = run_matrix(manifest, config, out_dir, progress=_progress(), devices_file=str(devices_file), **kw)
-    if until_conclusive:
-        results = _until_conclusive(results, manifest, config, out_dir)
-    render_cells(results["cells"])
-    click.echo(f"results: {Path(out_dir) / 'results.json'}")
-    failed = [c for c in results["cells"] if c["status"] == "error"]
-    if failed:
-        raise InfraError(f"{len(failed)} of {len(results['cells'])} cell(s) failed; see the status column")
-
-
-def _until_conclusive(results: dict, manifest: Path, config: Any, out_dir: Path) -> dict:
-    try:
-        from runners.gate.conclusive import remeasure_inconclusive
-    except ImportError as e:
-        raise UsageError(f"--until-conclusive is not available in this install: {e}") from e
-    from runners.results import write_results
-
-    results = remeasure_inconclusive(results, config.budgets, manifest=manifest, devices_config=config,
-                                     log=lambda m: click.echo(m, err=True))  # fmt: skip
-    write_results(Path(out_dir) / "results.json", results)
-    return results
+    outcome = run_bench(config, progress=_progress(), log=lambda m: click.echo(m, err=True))
+    render_cells(outcome.results["cells"])
+    click.echo(f"results: {outcome.results_path}")
+    if outcome.previous is not None:
+        click.echo(f"previous contents of {out_dir} kept in {outcome.previous}")
+    if outcome.exit_code:
+        click.echo(click.style("error: ", fg="red", bold=True) + outcome.summary, err=True)
+    ctx.exit(outcome.exit_code)
 
 
 def _progress():
@@ -178,7 +165,7 @@ def devices(devices_file: Path, no_probe: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from runners.devices import load_devices
+    from runners.config import load_devices
     from runners.drivers import get_driver
 
     config = load_devices(devices_file)

@@ -30,7 +30,7 @@ from importlib import metadata
 from typing import Any
 
 from mpk.errors import MpkError, UsageError
-from packager.runtime_requirements import ET_FILE_IDENTIFIER, ORT_BUNDLED_ONNX, covers, ort_capability, version_tuple
+from mpk.runtimes import ET_FILE_IDENTIFIER, ORT_BUNDLED_ONNX, covers, ort_capability, version_tuple
 
 #: the Android app's package; its versionName carries the runtimes it links (android_app/app/build.gradle.kts)
 APP_PACKAGE = "org.mpk.bench"

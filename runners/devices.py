@@ -1,8 +1,10 @@
-"""devices.yaml: which devices to benchmark on, how to reach them, and the run settings.
+"""The devices and run settings of devices.yaml, as frozen dataclasses: the leaf every runner module may use.
 
-Loaded once into frozen dataclasses; code below this module never sees a raw
-YAML string. Every problem is collected and reported together with its path,
-so a misspelt key can never silently switch a setting off::
+This module imports nothing of ``runners``: the drivers, the matrix and the gate all
+depend on it, and it on none of them. :mod:`runners.config` reads the whole file
+(devices, defaults and budgets) and hands in the runner and transport names a device
+may use. Every problem is collected and reported together with its path, so a
+misspelt key can never silently switch a setting off::
 
     devices.yaml: devices[2].threads: expected an integer >= 1, got 'four'
     devices.yaml: defaults.min_itertions: unknown key; did you mean 'min_iterations'?
@@ -21,10 +23,8 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from mpk.errors import ConfigError, UsageError
 from mpk.registry import suggest
 
 KINDS = ("android", "ios", "host", "emulator")
@@ -32,7 +32,6 @@ KINDS = ("android", "ios", "host", "emulator")
 DEFAULT_RUNNER = {"host": "host", "android": "android_app", "emulator": "android_app", "ios": "ios_app"}
 #: the transport a kind gets when devices.yaml names none; adb_shell speaks to mpk's virtual adbd directly
 DEFAULT_TRANSPORT = {"host": "local", "android": "adb_server", "emulator": "adb_shell", "ios": None}
-_FALLBACK_TRANSPORTS = ("adb_shell", "adb_server", "local")
 
 
 @dataclass(frozen=True)
@@ -100,26 +99,12 @@ class DeviceSpec:
         return d
 
 
-@dataclass(frozen=True)
-class DevicesConfig:
-    version: int
-    defaults: RunSettings
-    devices: list[DeviceSpec]
-    #: BudgetRule objects when runners.gate.budgets is installed, else the raw list
-    budgets: list[Any]
-    source: str = "devices.yaml"
-
-    def get(self, device_id: str) -> DeviceSpec:
-        for d in self.devices:
-            if d.id == device_id:
-                return d
-        raise UsageError(suggest(device_id, [d.id for d in self.devices], "device"))
-
-
 # ---------------------------------------------------------------- validation helpers
 
 
-class _Problems(list):
+class Problems(list):
+    """Every problem found in a config, each prefixed with its path; reported together at the end."""
+
     def unknown_keys(self, raw: dict, allowed: tuple[str, ...], where: str) -> None:
         for k in raw:
             if k not in allowed:
@@ -132,7 +117,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _int(p: _Problems, raw: dict, key: str, where: str, *, minimum: int) -> int | None:
+def _int(p: Problems, raw: dict, key: str, where: str, *, minimum: int) -> int | None:
     if key not in raw or raw[key] is None:
         return None
     v = raw[key]
@@ -142,7 +127,7 @@ def _int(p: _Problems, raw: dict, key: str, where: str, *, minimum: int) -> int 
     return v
 
 
-def _num(p: _Problems, raw: dict, key: str, where: str, *, minimum: float = 0.0) -> float | None:
+def _num(p: Problems, raw: dict, key: str, where: str, *, minimum: float = 0.0) -> float | None:
     if key not in raw or raw[key] is None:
         return None
     v = raw[key]
@@ -152,7 +137,7 @@ def _num(p: _Problems, raw: dict, key: str, where: str, *, minimum: float = 0.0)
     return float(v)
 
 
-def _str(p: _Problems, raw: dict, key: str, where: str) -> str | None:
+def _str(p: Problems, raw: dict, key: str, where: str) -> str | None:
     if key not in raw or raw[key] is None:
         return None
     v = raw[key]
@@ -162,7 +147,7 @@ def _str(p: _Problems, raw: dict, key: str, where: str) -> str | None:
     return v
 
 
-def _affinity(p: _Problems, raw: dict, where: str) -> tuple[int, ...] | None:
+def _affinity(p: Problems, raw: dict, where: str) -> tuple[int, ...] | None:
     v = raw.get("cpu_affinity")
     if v is None:
         return None
@@ -173,26 +158,11 @@ def _affinity(p: _Problems, raw: dict, where: str) -> tuple[int, ...] | None:
     return tuple(v)
 
 
-def _name(p: _Problems, value: str | None, known: list[str] | tuple[str, ...], what: str, where: str) -> str | None:
+def _name(p: Problems, value: str | None, known: list[str] | tuple[str, ...], what: str, where: str) -> str | None:
     if value is not None and value not in known:
         p.append(f"{where}: {suggest(value, known, what)}")
         return None
     return value
-
-
-def _transport_names() -> list[str]:
-    try:
-        from runners.transport import TRANSPORTS
-
-        return TRANSPORTS.names()
-    except (ImportError, AttributeError):  # transports not installed yet: accept the contract's names
-        return list(_FALLBACK_TRANSPORTS)
-
-
-def _runner_names() -> list[str]:
-    from runners.drivers import DRIVERS
-
-    return DRIVERS.names()
 
 
 # ---------------------------------------------------------------- parsing
@@ -200,12 +170,11 @@ def _runner_names() -> list[str]:
 _DEFAULT_KEYS = ("warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "cooldown_s",
                  "thermal_limit_c", "threads", "cpu_affinity")  # fmt: skip
 _DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts")
-_TOP_KEYS = ("version", "defaults", "devices", "budgets")
 #: facts a device entry may pin (the runner result's device_facts, minus what is measured per run)
 _FACT_KEYS = ("model", "manufacturer", "soc", "abi", "os", "os_version", "cores", "governor", "cpu_max_freq_khz")
 
 
-def _parse_defaults(p: _Problems, raw: Any) -> RunSettings:
+def parse_defaults(p: Problems, raw: Any) -> RunSettings:
     if raw is None:
         return RunSettings()
     if not isinstance(raw, dict):
@@ -234,7 +203,7 @@ def _parse_defaults(p: _Problems, raw: Any) -> RunSettings:
     return s
 
 
-def _parse_device(p: _Problems, raw: Any, where: str, runners: list[str], transports: list[str]) -> DeviceSpec | None:
+def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transports: list[str]) -> DeviceSpec | None:
     if not isinstance(raw, dict):
         p.append(f"{where}: expected a mapping with at least 'id' and 'kind', got {raw!r}")
         return None
@@ -278,39 +247,15 @@ def _parse_device(p: _Problems, raw: Any, where: str, runners: list[str], transp
     )
 
 
-def _parse_budgets(p: _Problems, raw: Any) -> list[Any]:
-    if raw is None:
+def parse_device_list(p: Problems, raw: Any, runners: list[str], transports: list[str]) -> list[DeviceSpec]:
+    """The ``devices:`` list. ``runners`` and ``transports`` are the names a device may use (the caller's
+    registries: this module imports none, so everything may import it)."""
+    if not isinstance(raw, list) or not raw:
+        p.append(f"devices: expected a non-empty list, got {raw!r}")
         return []
-    if not isinstance(raw, list):
-        p.append(f"budgets: expected a list, got {type(raw).__name__}")
-        return []
-    try:
-        from runners.gate.budgets import parse_budgets
-    except ImportError:  # the gate is not installed: keep the raw list, the gate validates it when it runs
-        return list(raw)
-    rules, problems = parse_budgets(raw, "budgets")
-    p.extend(problems)
-    return list(rules)
-
-
-def parse_devices(raw: Any, source: str = "devices.yaml") -> DevicesConfig:
-    """Validate an already-loaded YAML document. Raises one ConfigError listing every problem."""
-    p = _Problems()
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [f"expected a mapping with 'version' and 'devices', got {type(raw).__name__}"])
-    p.unknown_keys(raw, _TOP_KEYS, "")
-    version = raw.get("version")
-    if version != 1:
-        p.append(f"version: expected 1, got {version!r}")
-    defaults = _parse_defaults(p, raw.get("defaults"))
     devices: list[DeviceSpec] = []
-    raw_devices = raw.get("devices")
-    if not isinstance(raw_devices, list) or not raw_devices:
-        p.append(f"devices: expected a non-empty list, got {raw_devices!r}")
-        raw_devices = []
-    runners, transports = _runner_names(), _transport_names()
     seen: dict[str, int] = {}
-    for i, rd in enumerate(raw_devices):
+    for i, rd in enumerate(raw):
         d = _parse_device(p, rd, f"devices[{i}]", runners, transports)
         if d is None:
             continue
@@ -319,25 +264,4 @@ def parse_devices(raw: Any, source: str = "devices.yaml") -> DevicesConfig:
             continue
         seen[d.id] = i
         devices.append(d)
-    budgets = _parse_budgets(p, raw.get("budgets"))
-    if p:
-        raise ConfigError(source, list(p))
-    return DevicesConfig(version=1, defaults=defaults, devices=devices, budgets=budgets, source=source)
-
-
-def load_devices(path: Path | str) -> DevicesConfig:
-    """Read and validate devices.yaml. Raises ConfigError (exit 2) for any problem."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"devices file not found: {path}", hint="copy devices.yaml from the mpk repo root") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(path.name, [f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
-    return parse_devices(raw, path.name)
+    return devices

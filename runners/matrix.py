@@ -33,13 +33,23 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mpk.contract import (
+    RESULTS_VERSION,
+    SPEC_VERSION,
+    Cell,
+    Manifest,
+    Outcome,
+    outcome_of,
+    read_manifest,
+    write_results,
+)
 from mpk.errors import DeviceError, MpkError, UsageError
 from runners.compat import refuse_incompatible
-from runners.contract import SPEC_VERSION, read_json
-from runners.devices import DevicesConfig, DeviceSpec, RunSettings
-from runners.drivers import get_driver
+from runners.config import DevicesConfig
+from runners.devices import DeviceSpec, RunSettings
+from runners.drivers import Driver, get_driver
+from runners.environment import environment
 from runners.host_runner import utc_now
-from runners.results import SCHEMA_VERSION, environment, write_results
 
 Fallback = Literal["emulator", "none"]
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -50,29 +60,6 @@ _REF_DTYPES = {"float32", "int64", "int32"}
 
 
 # ---------------------------------------------------------------- manifest -> specs
-
-
-#: prefix of the reason of a cell skipped because its runner cannot run that backend at all
-NOT_APPLICABLE = "not applicable:"
-
-
-def load_manifest(path: Path) -> dict[str, Any]:
-    """Read a manifest and check the fields the bench needs (full validation is the packager's)."""
-    doc = read_json(Path(path), what="manifest")
-    problems = []
-    if not isinstance(doc, dict) or doc.get("schema_version") != "mpk.manifest/1":
-        problems.append(f"schema_version: expected 'mpk.manifest/1', got {doc.get('schema_version')!r}")
-    arts = doc.get("artifacts") if isinstance(doc, dict) else None
-    if not isinstance(arts, list):
-        problems.append("artifacts: expected a list")
-    else:
-        for i, a in enumerate(arts):
-            for k in ("id", "backend", "scheme", "path", "sha256"):
-                if not isinstance(a, dict) or k not in a:
-                    problems.append(f"artifacts[{i}].{k}: required")
-    if problems:
-        raise UsageError(f"manifest {path} is not usable:\n  " + "\n  ".join(problems))
-    return doc
 
 
 def _safe(s: str) -> str:
@@ -179,7 +166,7 @@ class Bench:
         timeout_s: float = 3600,
     ) -> None:
         self.manifest_path = Path(manifest_path).resolve()
-        self.manifest = load_manifest(self.manifest_path)
+        self.manifest: Manifest = read_manifest(self.manifest_path)
         self.manifest_dir = self.manifest_path.parent
         self.config = config
         self.out_dir = Path(out_dir)
@@ -192,7 +179,8 @@ class Bench:
         self._virtual: DeviceSpec | None = None
         self._virtual_stop: Callable[[], None] | None = None
         self._virtual_lock = threading.Lock()
-        self._running: set[Any] = set()  # drivers with a cell in flight, stopped by close() on Ctrl-C
+        self._drivers: dict[tuple[str, str], Driver] = {}
+        self._drivers_lock = threading.Lock()
         self.reference = write_reference(self.manifest, self.manifest_dir, self.work / "reference")
         self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
@@ -222,7 +210,7 @@ class Bench:
                 return Plan(device, self.virtual_device(), True)
             except MpkError as e:
                 return Plan(device, None, True, f"mpk's virtual device could not start: {e.message}")
-        probe = get_driver(device.runner).probe(device)
+        probe = self.driver(device.runner, device.id).probe(device)
         if probe.reachable:
             return Plan(device, device, device.kind == "emulator")
         if self.fallback != "emulator":
@@ -232,9 +220,23 @@ class Bench:
         except MpkError as e:
             return Plan(device, None, False, f"device absent ({probe.detail}) and no virtual device: {e.message}")
 
+    def driver(self, name: str, device_id: str) -> Driver:
+        """One driver instance per runner and device for the whole run, so :meth:`cancel` reaches every cell in
+        flight (a driver tracks the one cell it runs; devices run in parallel)."""
+        with self._drivers_lock:
+            key = (name, device_id)
+            if key not in self._drivers:
+                self._drivers[key] = get_driver(name)
+            return self._drivers[key]
+
+    def cancel(self) -> None:
+        """Kill whatever the drivers still have running (Ctrl-C): no runner goes on timing after mpk stops."""
+        with self._drivers_lock:
+            drivers = list(self._drivers.values())
+        for d in drivers:
+            d.cancel()
+
     def close(self) -> None:
-        for driver in list(self._running):
-            driver.cancel()
         if self._virtual_stop is not None:
             self._virtual_stop()
             self._virtual_stop = None
@@ -248,25 +250,26 @@ class Bench:
 
         raise UsageError(suggest(artifact_id, [a["id"] for a in self.manifest["artifacts"]], "artifact"))
 
-    def skipped_cell(self, plan: Plan, artifact: dict, reason: str, status: str = "skipped") -> dict:
-        ran_on = None if status == "skipped" else getattr(plan.target, "id", None)
+    def unmeasured_cell(self, plan: Plan, artifact: dict, reason: str, outcome: Outcome) -> Cell:
+        """A cell without a runner result: skipped, not applicable, or an infrastructure error (``outcome``)."""
+        ran_on = None if outcome in (Outcome.SKIPPED, Outcome.NOT_APPLICABLE) else getattr(plan.target, "id", None)
         return {"device_id": plan.device.id, "ran_on": ran_on,
                 "emulated": plan.emulated, "artifact_id": artifact["id"], "backend": artifact["backend"],
-                "scheme": artifact["scheme"], "status": status, "error": reason, "device": None,
-                "settings": self.settings_for(plan.device).to_dict(), "runner": None,
+                "scheme": artifact["scheme"], "status": outcome.status, "outcome": str(outcome), "error": reason,
+                "device": None, "settings": self.settings_for(plan.device).to_dict(), "runner": None,
                 "started_utc": None, "finished_utc": None, "result": None}  # fmt: skip
 
     def run_cell(self, plan: Plan, artifact: dict) -> dict:
         """Measure one cell on ``plan.target``. Per-artifact failures come back as an error cell;
         DeviceError propagates so the caller can fail the device's remaining cells."""
         if plan.target is None:
-            return self.skipped_cell(plan, artifact, plan.skip_reason or "skipped")
+            return self.unmeasured_cell(plan, artifact, plan.skip_reason or "skipped", Outcome.SKIPPED)
         target = plan.target
-        driver = get_driver(target.runner)
+        driver = self.driver(target.runner, target.id)
         if artifact["backend"] not in driver.supported_backends():
             # not a failure: this runner/OS combination simply has no such runtime (CoreML on Android or Linux)
-            msg = f"{NOT_APPLICABLE} the {target.runner} runner cannot run {artifact['backend']} artifacts here"
-            return self.skipped_cell(plan, artifact, msg)
+            msg = f"the {target.runner} runner cannot run {artifact['backend']} artifacts"
+            return self.unmeasured_cell(plan, artifact, msg, Outcome.NOT_APPLICABLE)
         settings = self.settings_for(plan.device)
         if target.id != plan.device.id and settings.cpu_affinity is not None:
             # a phone's core numbers mean nothing on the virtual device that stands in for it
@@ -285,20 +288,18 @@ class Bench:
         with lock:
             self._cooldown(driver, target, settings)
             started = utc_now()
-            self._running.add(driver)
             try:
                 result = driver.run(spec_dir, spec, target, timeout_s=self.timeout_s)
             except DeviceError:
                 raise
-            except MpkError as e:
-                cell = self.skipped_cell(plan, artifact, e.message, status="error")
+            except MpkError as e:  # no result at all: the runner died or its result was unusable
+                cell = self.unmeasured_cell(plan, artifact, e.message, Outcome.INFRA_ERROR)
                 cell.update(started_utc=started, finished_utc=utc_now())
                 return cell
-            finally:
-                self._running.discard(driver)
             finished = utc_now()
         art = result["artifacts"][0]
         err = art.get("error")
+        outcome = outcome_of(art)
         return {
             "device_id": plan.device.id,
             "ran_on": target.id,
@@ -306,7 +307,8 @@ class Bench:
             "artifact_id": artifact["id"],
             "backend": artifact["backend"],
             "scheme": artifact["scheme"],
-            "status": art["status"],
+            "status": outcome.status,
+            "outcome": str(outcome),
             "error": f"{err['kind']}: {err['message']}" if err else None,
             "device": result["device"],
             "settings": {
@@ -352,26 +354,18 @@ def _plan_or_skip(bench: Bench, device: DeviceSpec) -> Plan:
 
 
 def _default_virtual_factory() -> Callable[[], tuple[str, Callable[[], None]]]:
-    try:
-        from runners.emulator import ensure_virtual_device
-    except ImportError as e:
-        from mpk.errors import InfraError
+    from runners.emulator import ensure_virtual_device
 
-        why = str(e)
-
-        def missing() -> tuple[str, Callable[[], None]]:
-            raise InfraError(f"mpk's virtual device is not installed: {why}")
-
-        return missing
     return ensure_virtual_device
 
 
 # ---------------------------------------------------------------- the matrix
 
 
-def _results_doc(bench: Bench, devices_file: str | None, cells: list[dict]) -> dict:
+def _results_doc(bench: Bench, devices_file: str | None, devices: list[DeviceSpec], arts: list[dict],
+                 cells: list[Cell]) -> dict:  # fmt: skip
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RESULTS_VERSION,
         "run_id": bench.run_id,
         "created_utc": utc_now(),
         "finished_utc": None,
@@ -389,24 +383,26 @@ def _results_doc(bench: Bench, devices_file: str | None, cells: list[dict]) -> d
             "devices": [d.to_dict() for d in bench.config.devices],
         },
         "environment": environment(),
+        "matrix": {"devices": [d.id for d in devices], "artifacts": [a["id"] for a in arts]},
         "cells": cells,
     }
 
 
-def select(config: DevicesConfig, manifest: dict, only_devices: list[str] | None, only_artifacts: list[str] | None):
+def select(config: DevicesConfig, manifest: Manifest, only_devices: list[str] | None,
+           only_artifacts: list[str] | None) -> tuple[list[DeviceSpec], list[dict]]:  # fmt: skip
     """The devices and artifacts a run covers; unknown ids are usage errors with suggestions."""
     from mpk.registry import suggest
 
     devices = config.devices
     if only_devices:
-        devices = [config.get(d) for d in only_devices]
-    arts = manifest["artifacts"]
+        devices = [config.get(d) for d in dict.fromkeys(only_devices)]
+    arts: list[dict] = list(manifest["artifacts"])
     if only_artifacts:
         known = {a["id"]: a for a in arts}
         missing = [a for a in only_artifacts if a not in known]
         if missing:
             raise UsageError(suggest(missing[0], list(known), "artifact"))
-        arts = [known[a] for a in only_artifacts]
+        arts = [known[a] for a in dict.fromkeys(only_artifacts)]
     if not arts:
         raise UsageError("the manifest lists no artifacts to benchmark")
     return devices, arts
@@ -426,11 +422,15 @@ def run_matrix(
     virtual_factory: Callable[[], tuple[str, Callable[[], None]]] | None = None,
     devices_file: str | None = None,
 ) -> dict:
-    """Benchmark every selected (device, artifact) cell; write and return ``out_dir/results.json``.
+    """Benchmark every selected (device, artifact) cell; write ``out_dir/results.json`` after each and return it.
 
     ``overrides`` are RunSettings fields (CLI flags) applied over devices.yaml;
     ``iterations_override`` is shorthand for ``overrides={"min_iterations": N}``.
     ``progress`` is called with ``{"event": "start"|"done", "cell": ..., "total": n}``.
+
+    On KeyboardInterrupt the runner processes of the cells in flight are killed, the file is written
+    one last time (``complete: false``, the finished cells only) and the interrupt propagates.
+    :func:`runners.bench.run_bench` is the whole ``mpk bench`` around this (output folder, exit code).
     """
     ov = dict(overrides or {})
     if iterations_override is not None:
@@ -445,15 +445,17 @@ def run_matrix(
         bench.close()
         raise
     out_path = Path(out_dir) / "results.json"
-    cells: list[dict] = []
+    cells: list[Cell] = []
     lock = threading.Lock()
     stop = threading.Event()
     total = len(devices) * len(arts)
-    doc = _results_doc(bench, devices_file, cells)
+    doc = _results_doc(bench, devices_file, devices, arts, cells)
     write_results(out_path, doc)
 
-    def record(cell: dict) -> None:
+    def record(cell: Cell) -> None:
         with lock:
+            if stop.is_set():  # interrupted: a cell whose runner was killed under it measured nothing
+                return
             cells.append(cell)
             write_results(out_path, doc)
         if progress:
@@ -466,7 +468,7 @@ def run_matrix(
             if stop.is_set():
                 return
             if failed:
-                record(bench.skipped_cell(plan, art, failed, status="error"))
+                record(bench.unmeasured_cell(plan, art, failed, Outcome.INFRA_ERROR))
                 continue
             if progress:
                 progress({"event": "start", "device": device.id, "artifact": art["id"], "total": total})
@@ -474,9 +476,9 @@ def run_matrix(
                 record(bench.run_cell(plan, art))
             except DeviceError as e:
                 failed = f"device failed mid-run: {e.message}"
-                record(bench.skipped_cell(plan, art, failed, status="error"))
+                record(bench.unmeasured_cell(plan, art, failed, Outcome.INFRA_ERROR))
             except Exception as e:  # one device's surprise must not take down the others' cells
-                record(bench.skipped_cell(plan, art, f"{type(e).__name__}: {e}", status="error"))
+                record(bench.unmeasured_cell(plan, art, f"{type(e).__name__}: {e}", Outcome.INFRA_ERROR))
 
     threads = [threading.Thread(target=worker, args=(d,), name=f"bench-{d.id}", daemon=True) for d in devices]
     try:
@@ -487,10 +489,11 @@ def run_matrix(
                 t.join(0.2)
         doc["complete"] = True
     finally:
-        stop.set()
         with lock:
+            stop.set()
             doc["finished_utc"] = utc_now()
             write_results(out_path, doc)
+        bench.cancel()
         bench.close()
     return doc
 
@@ -540,7 +543,7 @@ def run_cell(
         try:
             return bench.run_cell(plan, art)
         except DeviceError as e:
-            return bench.skipped_cell(plan, art, f"device failed: {e.message}", status="error")
+            return bench.unmeasured_cell(plan, art, f"device failed: {e.message}", Outcome.INFRA_ERROR)
     finally:
         bench.close()
         if tmp is not None:
@@ -548,7 +551,7 @@ def run_cell(
 
 
 def _load_devices(path: Path | str) -> DevicesConfig:
-    from runners.devices import load_devices
+    from runners.config import load_devices
 
     return load_devices(path)
 
@@ -557,7 +560,7 @@ def describe_plan(manifest_path: Path, devices_config: DevicesConfig, *, fallbac
                   only_devices: list[str] | None = None, only_artifacts: list[str] | None = None,
                   overrides: dict[str, Any] | None = None) -> dict:  # fmt: skip
     """The resolved matrix without running anything (``mpk bench --dry-run``)."""
-    manifest = load_manifest(Path(manifest_path))
+    manifest = read_manifest(Path(manifest_path))
     devices, arts = select(devices_config, manifest, only_devices, only_artifacts)
     ov = {k: v for k, v in (overrides or {}).items() if v is not None}
     eff_fallback = resolve_fallback(fallback)

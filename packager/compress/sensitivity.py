@@ -17,12 +17,12 @@ delegate (fp32 kernels), with a dequantize/quantize pair around it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpk import metrics
 from mpk.errors import UsageError
 from packager.compress import check_layer_names
 
@@ -57,20 +57,10 @@ class MixedPrecisionPlan:
 
 
 def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
-    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` over all samples (first output only)."""
-    r = np.concatenate([np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in ref])
-    o = np.concatenate([np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in out])
-    noise = float(((r - o) ** 2).sum())
-    signal = float((r**2).sum())
-    snr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
-    denom = float(np.linalg.norm(r) * np.linalg.norm(o))
-    cos = float((r * o).sum() / denom) if denom else 1.0
-    top1 = float((r.argmax(-1) == o.argmax(-1)).mean()) if r.shape[-1] > 1 else 1.0
-    return {
-        "snr_db": round(snr, 3) if snr != math.inf else 999.0,
-        "cosine": round(cos, 6),
-        "top1_agreement": round(top1, 6),
-    }
+    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` (batches of the first output), per
+    :mod:`mpk.metrics`: the numbers verification and the bench report, rounded for the table."""
+    m = metrics.compare([np.concatenate(ref)], [np.concatenate(out)], classifier=True)
+    return {k: round(float(m[k]), 3 if k == "snr_db" else 6) for k in ("snr_db", "cosine", "top1_agreement")}  # type: ignore[arg-type]
 
 
 def _run(module: Any, batches: list[tuple[torch.Tensor, ...]]) -> list[np.ndarray]:

@@ -58,7 +58,7 @@ def _with_outputs(model: Any, names: list[str]) -> bytes:
 
 
 def _session(model_bytes: bytes) -> Any:
-    """The model evaluated as its graph says, the same on every CPU (:func:`packager.export.onnx.reference_model`).
+    """The model evaluated as its graph says, the same on every CPU (``onnx_reference.reference_model``).
 
     Measured through the host's fused int8 kernels instead, the correction would fit whatever this CPU's
     kernel computes: on an x86 without VNNI those saturate (:mod:`mpk.hostcpu`), so the biases, and the
@@ -67,7 +67,7 @@ def _session(model_bytes: bytes) -> Any:
     import onnx
     import onnxruntime as ort
 
-    from packager.export.onnx import reference_model
+    from packager.export.onnx_reference import reference_model
 
     reference = reference_model(onnx.load_from_string(model_bytes))
     if reference is None:
@@ -227,7 +227,7 @@ def _correct(
     same passes (the walk goes on from the last Conv to the graph outputs)."""
     import onnx
 
-    from packager.export.onnx import reference_model
+    from packager.export.onnx_reference import reference_model
 
     corrected = type(quant)()
     corrected.CopyFrom(quant)

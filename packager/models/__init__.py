@@ -14,12 +14,7 @@ that cannot run on its example input, is a ModelError (exit 5).
 
 from __future__ import annotations
 
-from mpk.registry import Registry
 from packager.models.loaders import load_model, parse_input_shapes
-
-#: built-in model name -> "module:function" returning a LoadedModel. Lazy so listing names imports no torch.
-BUILTIN_MODELS: Registry[object] = Registry("model", object)
-BUILTIN_MODELS.register("efficientnet-lite0", "packager.models.builtin:efficientnet_lite0")
-BUILTIN_MODELS.register("digits-cnn", "packager.models.builtin:digits_cnn")
+from packager.models.registry import BUILTIN_MODELS
 
 __all__ = ["BUILTIN_MODELS", "load_model", "parse_input_shapes"]

@@ -236,7 +236,7 @@ def load_model(spec: str, *, input_shape: list[str] | dict[str, TensorSpec] | No
     >>> load_model("digits-cnn").inputs[0].shape  # doctest: +SKIP
     (1, 1, 8, 8)
     """
-    from packager.models import BUILTIN_MODELS
+    from packager.models.registry import BUILTIN_MODELS
 
     shapes = parse_input_shapes(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape
     if spec in BUILTIN_MODELS:

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mpk.contract import validate_result
 from mpk.errors import DeviceError, DeviceTimeout, MpkError, RunnerError, SchemaError
-from runners.contract import validate_result
 from runners.devices import DeviceSpec
 from runners.drivers.base import Driver, Probe
 from runners.transport import Transport

@@ -358,7 +358,7 @@ class NativeToolDriver(Driver):
             return Probe(False, e.format_message())
 
     def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
-        from runners.contract import validate_result
+        from mpk.contract import validate_result
         from runners.host_runner import utc_now
 
         started = utc_now()

@@ -152,7 +152,7 @@ def _samples_section(results: dict[str, Any]) -> str:
 def render_html(outcome: Any) -> str:
     r = outcome.results
     env = r.get("environment") or {}
-    cells = [c for c in r.get("cells", []) if c.get("status") == "ok"]
+    cells = [c for c in r.get("cells", []) if c["outcome"] == "ok"]
     real = [c for c in cells if not c.get("emulated")]
     emu = [c for c in cells if c.get("emulated")]
     libs = ", ".join(f"{k} {v}" for k, v in sorted((env.get("libraries") or {}).items()))

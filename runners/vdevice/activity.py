@@ -167,7 +167,7 @@ class ActivityManager:
         return True
 
     def _read_spec(self, spec_path: str) -> tuple[dict[str, Any], str]:
-        from runners.contract import schema_problems
+        from mpk.contract import problems as schema_problems
 
         try:
             raw = self.fs.read_bytes(spec_path, limit=MAX_SPEC_BYTES)

@@ -84,7 +84,8 @@ def evaluate() -> dict:
     import onnxruntime as ort
 
     from mpk.hostcpu import describe
-    from packager.export.onnx import OnnxSession, reference_model
+    from packager.export.onnx import OnnxSession
+    from packager.export.onnx_reference import reference_model
 
     out: dict = {"cpu": describe()}
     for name, make in (("qdq_conv", qdq_conv), ("dynamic_matmul", dynamic_matmul)):

@@ -2,7 +2,7 @@
 
 The strongest check available without an Android SDK: everything in org.mpk.bench.contract (stats, accuracy,
 spec parsing, result writing, the measuring order, the runtime-version check, sha256) runs on this JVM through
-android_app/jvm-harness/Harness.kt and must agree with runners/stats.py, packager/verify.py compute_metrics,
+android_app/jvm-harness/Harness.kt and must agree with runners/stats.py, mpk/metrics.py,
 runners/compat.py and the JSON Schemas. The runtime glue (runtime/*.kt) is compiled in the same kotlinc run
 against stubs of the pinned ExecuTorch / ONNX Runtime APIs (tests/unit/test_apps_runtime_api.py builds them
 from the quoted upstream declarations), so a call the pinned runtime does not have fails here.
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.verify import compute_metrics
+from mpk.contract import problems as schema_problems
+from mpk.metrics import compare
 from runners import compat
-from runners.contract import schema_problems
 from runners.stats import LatencyStats
 from tests.integration.kotlin_build import harness_jar
 
@@ -106,15 +106,15 @@ def _stack(per_sample: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [np.stack([s[o] for s in per_sample]) for o in range(len(per_sample[0]))]
 
 
-def test_accuracy_matches_verify_compute_metrics(harness) -> None:
-    """The app's cosine/SNR/max error/top-1 are packager.verify.compute_metrics's, for every case."""
+def test_accuracy_matches_mpk_metrics(harness) -> None:
+    """The app's cosine/SNR/max error/top-1 are mpk.metrics.compare's (the one definition), for every case."""
     cases = _accuracy_cases()
     reqs = [{"op": "accuracy", "pred": [[o.ravel().tolist() for o in s] for s in pred],
              "ref": [[o.ravel().tolist() for o in s] for s in ref], "task": None, "shape": [1, 10]}
             for pred, ref in cases]  # fmt: skip
     got = harness(*reqs)
     for (pred, ref), kt in zip(cases, got, strict=True):
-        py = compute_metrics(_stack(ref), _stack(pred), classifier=True)
+        py = compare(_stack(ref), _stack(pred), classifier=True)
         for k in ("cosine", "snr_db", "max_abs_error", "top1_agreement"):
             assert kt[k] == pytest.approx(py[k], rel=1e-9, abs=1e-12), k
         assert kt["samples"] == len(ref)
@@ -189,7 +189,7 @@ def test_measuring_order_is_the_memory_definition(harness, tmp_path: Path) -> No
     assert out["status"] == "ok" and out["memory"]["baseline_rss_mb"] == 100.0 and out["memory"]["rise_mb"] == 50.0
     assert out["iterations"] == 7 and out["accuracy"]["samples"] == 3
     assert out["accuracy"]["top1_agreement"] == pytest.approx(
-        compute_metrics([ref[:, None, :]], [np.stack([ref[0]] * 3)[:, None, :]], classifier=True)["top1_agreement"]
+        compare([ref[:, None, :]], [np.stack([ref[0]] * 3)[:, None, :]], classifier=True)["top1_agreement"]
     )
 
 
@@ -244,7 +244,7 @@ def test_app_compat_agrees_with_runners_compat(harness) -> None:
         verdict = compat.check(c["req"], c["linked"])
         assert (refusal is not None) == (verdict.loadable is False), (c, refusal, verdict)
     assert sum(r is not None for r in got) >= 8  # the grid exercises refusals, not only passes
-    from packager.runtime_requirements import ORT_BUNDLED_ONNX, version_tuple
+    from mpk.runtimes import ORT_BUNDLED_ONNX, version_tuple
 
     kt = Path(__file__).resolve().parents[2] / "android_app/app/src/main/java/org/mpk/bench/contract/Compat.kt"
     newest = max(ORT_BUNDLED_ONNX, key=version_tuple).replace(".", ", ")

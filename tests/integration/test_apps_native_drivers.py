@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.contract import schema_problems
+from mpk.contract import problems as schema_problems
 from runners.devices import DeviceSpec
 from runners.drivers import get_driver
 

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from mpk.cli import main
+from mpk.contract import problems, read_manifest
 from mpk.errors import EXIT_INFRA, EXIT_MODEL, EXIT_USAGE, ModelError, OutputNotWritable, UsageError
-from packager.manifest import read_manifest, sha256_path, validation_problems
+from packager.manifest import sha256_path
 from packager.pipeline import PackageResult, package
 from packager.recipe import Recipe
 
@@ -97,7 +98,7 @@ def test_coreml_is_skipped_not_passed_on_linux(digits_pkg: PackageResult) -> Non
 
 def test_manifest_is_schema_valid_and_self_consistent(digits_pkg: PackageResult) -> None:
     man = digits_pkg.manifest
-    assert validation_problems(man) == []
+    assert problems(man, "manifest") == []
     assert read_manifest(digits_pkg.manifest_path) == man
     assert man["schema_version"] == "mpk.manifest/1" and man["data"]["evaluation"]["labelled"] is True
     assert man["data"]["calibration"]["synthetic"] is False

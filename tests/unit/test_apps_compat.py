@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from mpk import runtimes as rr
 from mpk.errors import EXIT_USAGE, UsageError
-from packager import runtime_requirements as rr
+from packager import runtime_requirements as reqs
 from runners import compat
 
 
@@ -161,12 +162,12 @@ def test_pte_reader_reads_the_header_and_refuses_garbage(tmp_path) -> None:
                     + struct.pack("<I", 7))  # fmt: skip
     p = tmp_path / "m.pte"
     p.write_bytes(bytes(buf))
-    assert rr.read_pte(p) == {"file_identifier": "ET12", "program_version": 7}
+    assert reqs.read_pte(p) == {"file_identifier": "ET12", "program_version": 7}
     short = tmp_path / "short.pte"
     short.write_bytes(b"ET")
     with pytest.raises(UsageError):
-        rr.read_pte(short)
+        reqs.read_pte(short)
     bad = tmp_path / "bad.mlmodel"
     bad.write_bytes(b"\xff\xff\xff")
     with pytest.raises(UsageError, match="specificationVersion"):
-        rr.read_coreml(bad)
+        reqs.read_coreml(bad)

@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KOTLIN = ROOT / "android_app/app/src/main/java/org/mpk/bench/contract/Keys.kt"
 SWIFT = ROOT / "ios_app/Sources/BenchmarkCore/Keys.swift"
-RESULT = json.loads((ROOT / "runners/schemas/runner_result.schema.json").read_text())
-SPEC = json.loads((ROOT / "runners/schemas/runner_spec.schema.json").read_text())
+RESULT = json.loads((ROOT / "mpk/contract/schemas/runner_result.schema.json").read_text())
+SPEC = json.loads((ROOT / "mpk/contract/schemas/runner_spec.schema.json").read_text())
 
 # nested block name -> the schema object it mirrors
 RESULT_BLOCKS = {
@@ -107,7 +107,7 @@ def test_writers_use_no_key_outside_result_keys() -> None:
 
 def test_app_runners_must_report_their_runtimes() -> None:
     """runner_result.schema.json requires the apps' linked runtime versions in every result."""
-    from runners.contract import schema_problems
+    from mpk.contract import problems as schema_problems
 
     base = {"schema_version": "mpk.runner-result/1", "run_id": "r", "device_id": "d", "emulated": False,
             "device": {"model": "m", "abi": "arm64-v8a", "os": "android", "cores": 8},

@@ -1,7 +1,7 @@
 import Foundation
 
 // Every JSON key the app writes (ResultKeys) or reads (SpecKeys), one nested enum per object of
-// runners/schemas/runner_result.schema.json / runner_spec.schema.json. mpk's tests/unit/test_apps_contract_keys.py
+// mpk/contract/schemas/runner_result.schema.json / runner_spec.schema.json. mpk's tests/unit/test_apps_contract_keys.py
 // checks these literals against the schemas, so the writers must use only these names.
 
 public enum ResultKeys {

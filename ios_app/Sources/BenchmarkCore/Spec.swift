@@ -1,6 +1,6 @@
 import Foundation
 
-/// A parsed runner spec (runners/schemas/runner_spec.schema.json). Paths are relative to `dir`.
+/// A parsed runner spec (mpk/contract/schemas/runner_spec.schema.json). Paths are relative to `dir`.
 public struct Spec {
     public struct Settings {
         public let threads, warmupIterations, minIterations: Int

@@ -2,7 +2,7 @@ package org.mpk.bench.contract
 
 /**
  * Every JSON key the app writes into result.json, one nested object per object
- * of runners/schemas/runner_result.schema.json.
+ * of mpk/contract/schemas/runner_result.schema.json.
  *
  * Why all keys live here: mpk's test (tests/unit/test_apps_contract_keys.py)
  * reads the `const val` literals of each nested object below and checks they
@@ -128,7 +128,7 @@ object ResultKeys {
 
 /**
  * Every key the app reads from spec.json, one nested object per object of
- * runners/schemas/runner_spec.schema.json. mpk's test checks each literal is a
+ * mpk/contract/schemas/runner_spec.schema.json. mpk's test checks each literal is a
  * property of that schema object, so a typo fails in CI, not on a phone.
  */
 object SpecKeys {
