@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,12 +41,20 @@ def _env(cache: Path) -> dict[str, str]:
     return dict(os.environ, MPK_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
 
 
-def _mpk(args: list[str], cache: Path) -> float:
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, "-m", "mpk", *args], env=_env(cache), capture_output=True, text=True, check=False
-    )
-    dt = time.perf_counter() - t0
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _timed(cmd: list[str], env: dict[str, str], cpu: bool) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall seconds of the process, or with ``cpu`` its CPU seconds (user + sys, all threads)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    return (_children_cpu() - c0) if cpu else (time.perf_counter() - t0), r
+
+
+def _mpk(args: list[str], cache: Path, cpu: bool) -> float:
+    dt, r = _timed([sys.executable, "-m", "mpk", *args], _env(cache), cpu)
     # exit 1 = an artifact missed its verification tolerance: everything was still built and written, which
     # is what is being timed. Anything else means the run did not do the work.
     if r.returncode not in (0, 1):
@@ -54,12 +63,10 @@ def _mpk(args: list[str], cache: Path) -> float:
 
 
 def _direct(a: argparse.Namespace, cache: Path, work: Path) -> tuple[float, dict[str, float]]:
-    """The direct calls in a fresh process: (wall seconds of the whole process, its own step timings)."""
+    """The direct calls in a fresh process: (seconds of the whole process, its own step timings)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--direct", str(work), "--model", a.model]
-    cmd += ["--calibration-count", str(a.calibration_count)]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, check=False)
-    dt = time.perf_counter() - t0
+    cmd += ["--calibration-count", str(a.calibration_count)] + (["--cpu"] if a.cpu else [])
+    dt, r = _timed(cmd, _env(cache), a.cpu)
     if r.returncode != 0:
         sys.exit(f"direct export failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
     return dt, json.loads(r.stdout.strip().splitlines()[-1])
@@ -68,7 +75,7 @@ def _direct(a: argparse.Namespace, cache: Path, work: Path) -> tuple[float, dict
 # --- the direct calls (run with --direct, in their own process) ---------------------------------------------
 
 
-def _direct_executorch(model, calib, out: Path) -> float:
+def _direct_executorch(model, calib, out: Path, clock) -> float:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -78,7 +85,7 @@ def _direct_executorch(model, calib, out: Path) -> float:
     from executorch.exir import to_edge_transform_and_lower
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    t0 = time.perf_counter()
+    t0 = clock()
     ex = tuple(model.example_inputs)
     with torch.no_grad():
         ep = torch.export.export(model.module, ex)
@@ -90,10 +97,10 @@ def _direct_executorch(model, calib, out: Path) -> float:
         ep2 = torch.export.export(converted, ex)
         prog = to_edge_transform_and_lower(ep2, partitioner=[XnnpackPartitioner()]).to_executorch()
     (out / "direct.pte").write_bytes(prog.buffer)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def _direct_onnx(model, calib, out: Path) -> float:
+def _direct_onnx(model, calib, out: Path, clock) -> float:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -107,7 +114,7 @@ def _direct_onnx(model, calib, out: Path) -> float:
         def get_next(self):
             return next(self.it, None)
 
-    t0 = time.perf_counter()
+    t0 = clock()
     fp32, pre = out / "direct-fp32.onnx", out / "direct-pre.onnx"
     prog = torch.onnx.export(model.module, tuple(model.example_inputs), dynamo=True, input_names=[name], verbose=False)
     prog.save(str(fp32))
@@ -121,29 +128,29 @@ def _direct_onnx(model, calib, out: Path) -> float:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def direct_main(work: Path, model_name: str, calibration_count: int) -> None:
+def direct_main(work: Path, model_name: str, calibration_count: int, clock) -> None:
     """Imports, model + data, the two exports; prints the step timings as one JSON line."""
-    t0 = time.perf_counter()
+    t0 = clock()
     import torch  # noqa: F401
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     from executorch.exir import to_edge_transform_and_lower  # noqa: F401
     from onnxruntime.quantization import quantize_static  # noqa: F401
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e  # noqa: F401
 
-    t_imports = time.perf_counter() - t0
+    t_imports = clock() - t0
     sys.path.insert(0, str(ROOT))
     from packager.data import load_dataset
     from packager.models import load_model
 
-    t0 = time.perf_counter()
+    t0 = clock()
     model = load_model(model_name)
     calib = load_dataset("builtin", model, count=calibration_count, purpose="calibration")
-    t_load = time.perf_counter() - t0
-    t_et = _direct_executorch(model, calib, work)
-    t_onnx = _direct_onnx(model, calib, work)
+    t_load = clock() - t0
+    t_et = _direct_executorch(model, calib, work, clock)
+    t_onnx = _direct_onnx(model, calib, work, clock)
     print(json.dumps({"imports": t_imports, "load": t_load, "executorch": t_et, "onnx": t_onnx}))
 
 
@@ -156,10 +163,16 @@ def main() -> None:
     ap.add_argument("--calibration-count", type=int, default=32)
     ap.add_argument("--eval-count", type=int, default=96)
     ap.add_argument("--repeat", type=int, default=1, help="run everything N times, interleaved; report medians")
+    ap.add_argument(
+        "--cpu",
+        action="store_true",
+        help="report CPU seconds (user+sys, all threads) instead of wall time: steadier on a shared machine; "
+        "with OMP_NUM_THREADS=1 it is close to the work done",
+    )
     ap.add_argument("--direct", metavar="WORKDIR", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.direct:
-        direct_main(Path(a.direct), a.model, a.calibration_count)
+        direct_main(Path(a.direct), a.model, a.calibration_count, time.process_time if a.cpu else time.perf_counter)
         return
 
     runs: list[dict[str, float]] = []
@@ -176,8 +189,8 @@ def main() -> None:
             direct_first = i % 2 == 1  # alternate, so a machine getting busier does not favour one side
             if direct_first:
                 wall, parts = _direct(a, cache, work)
-            cold = _mpk(args, cache)
-            warm = _mpk(args, cache)
+            cold = _mpk(args, cache, a.cpu)
+            warm = _mpk(args, cache, a.cpu)
             if not direct_first:
                 wall, parts = _direct(a, cache, work)
         finally:
@@ -201,7 +214,7 @@ def main() -> None:
         ("mpk package, cached re-run (subprocess)", med("warm"), f"{med('cold') / med('warm'):.1f}x faster than cold"),
     ]
     print(f"\nmodel={a.model} int8 executorch+onnx, calibration={a.calibration_count}, eval={a.eval_count}", end="")
-    print(f", runs={a.repeat} (medians)")
+    print(f", runs={a.repeat} (medians)" + (", CPU seconds" if a.cpu else ""))
     print(f"{'step':<46} {'seconds':>9}  note")
     print("-" * 100)
     for name, sec, note in rows:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from mpk.errors import InfraError, OutputNotWritable, UsageError
 from packager.cache import DISK_FULL
-from packager.stages import umask_mode
 
 
 class Staging:
@@ -54,6 +53,13 @@ def staged(out: Path, force: bool) -> Iterator[Staging]:
     finally:
         if staging.dir.exists():
             shutil.rmtree(staging.dir, ignore_errors=True)
+
+
+def umask_mode(path: Path) -> None:
+    """mkdtemp makes 0700 dirs; the package must get the permissions a plain mkdir would (readable by a CI user)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o777 & ~mask)
 
 
 def _prepare(out: Path, force: bool) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import os
 import queue
 import shutil
@@ -33,6 +34,7 @@ import numpy as np
 
 from mpk.errors import ExportError, ModelError
 from packager.cache import Cache, code_hash, make_key
+from packager.output import umask_mode
 from packager.recipe import Recipe
 from packager.types import (
     Dataset,
@@ -660,16 +662,10 @@ class Background:
             self._queue.put(None)
 
 
-def umask_mode(path: Path) -> None:
-    """mkdtemp makes 0700 dirs; the package must get the permissions a plain mkdir would (readable by a CI user)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
-
-
 _CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512", "vnni", "amx", "asimd", "sve", "i8mm", "bf16")
 
 
+@functools.cache
 def cpu_fingerprint() -> str:
     """The host's SIMD features that change float and int8 kernel results (AVX2 vs AVX-512 VNNI, ...)."""
     import platform

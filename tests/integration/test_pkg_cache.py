@@ -54,6 +54,7 @@ def mpk_package(cache: Path, out: Path, *extra: str) -> Run:
         f"run(['package', *{[*ARGS, *extra]!r}, '--out', {str(out)!r}])\n"
     )
     env = dict(os.environ, MPK_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    env.pop("TORCH_LOGS", None)  # mpk leaves a user's own setting alone; this test checks its default
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     imported = next(ln for ln in r.stdout.splitlines() if ln.startswith("IMPORTED=")).removeprefix("IMPORTED=")
     manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}

@@ -321,7 +321,8 @@ def test_calibration_data_is_loaded_once(tmp_path: Path) -> None:
     )
     assert (tmp_path / "calls.txt").read_text().split() == ["80"]
     assert res.manifest["data"]["calibration"]["count"] == 32  # int8 ranges from the first 32
-    assert res.manifest["compression"]["distill"]["samples"] == 80
+    distill = res.manifest["compression"]["distill"]
+    assert distill["steps"] == 3 and distill["used_labels"] is True  # 80 labelled samples, batches of 32
     assert _artifact(res, "onnx-int8")["verification"]["status"] == "passed"
 
 
