@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -109,19 +110,18 @@ class CacheHit:
     extra: dict[str, Any]
 
 
-def _sha256_path(path: Path) -> str:
-    from packager.manifest import sha256_path
-
-    return sha256_path(path)
-
-
 class ArtifactCache:
     """``get(key, out_dir)`` -> :class:`CacheHit` with the files copied into out_dir, or None;
-    ``put(key, artifact, base, sha256)`` stores the files under ``base`` with their sha256."""
+    ``put(key, artifact, base, sha256)`` stores the files under ``base`` with their sha256.
 
-    def __init__(self, root: Path | None = None, *, enabled: bool = True) -> None:
+    ``sha256`` hashes a file or a folder (an .mlpackage) the way the manifest does; the copies ``get``
+    hands back are hashed with it and must match what ``put`` stored.
+    """
+
+    def __init__(self, root: Path | None = None, *, sha256: Callable[[Path], str], enabled: bool = True) -> None:
         self.root = (root or cache_dir()) / "artifacts"
         self.enabled = enabled
+        self._sha256 = sha256
 
     def contains(self, key: str) -> bool:
         return self.enabled and (self.root / key / "meta.json").is_file()
@@ -145,7 +145,7 @@ class ArtifactCache:
                     shutil.copytree(src, dst)
                 else:
                     shutil.copy2(src, dst)
-            got = {name: _sha256_path(out_dir / name) for name in names}
+            got = {name: self._sha256(out_dir / name) for name in names}
         except OSError as e:
             if e.errno in DISK_FULL:
                 raise  # copying into the package failed for lack of space: not a cache problem
@@ -215,10 +215,10 @@ class Cache:
     """The cache folder as the pipeline uses it; ``enabled=False`` (``--no-cache``) makes every lookup a miss
     and stores nothing, except the trained built-in weights (:mod:`packager.models.builtin`)."""
 
-    def __init__(self, root: Path | None = None, *, enabled: bool = True) -> None:
+    def __init__(self, root: Path | None = None, *, sha256: Callable[[Path], str], enabled: bool = True) -> None:
         self.root = root or cache_dir()
         self.enabled = enabled
-        self.artifacts = ArtifactCache(self.root, enabled=enabled)
+        self.artifacts = ArtifactCache(self.root, sha256=sha256, enabled=enabled)
 
     # -- small JSON records: model info, verification results, zstd sizes ------------------------------------
 

@@ -108,7 +108,9 @@ def _package(
     *,
     model_facts_from_cache: bool,
 ) -> PackageResult:
-    cache = Cache(enabled=recipe.cache)
+    from packager.manifest import sha256_path
+
+    cache = Cache(enabled=recipe.cache, sha256=sha256_path)
     steps = Steps(progress)
     background = Background()
     try:

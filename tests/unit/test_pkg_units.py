@@ -309,8 +309,9 @@ def test_dataset_hash_and_head() -> None:
 
 def test_cache_records_and_arrays_are_checked(tmp_path: Path) -> None:
     from packager.cache import Cache
+    from packager.manifest import sha256_path
 
-    c = Cache(tmp_path)
+    c = Cache(tmp_path, sha256=sha256_path)
     c.put_record("kind", "k1", {"a": 1})
     assert c.record("kind", "k1") == {"a": 1}
     (tmp_path / "kind" / "k1.json").rename(tmp_path / "kind" / "k2.json")
@@ -324,7 +325,7 @@ def test_cache_records_and_arrays_are_checked(tmp_path: Path) -> None:
     parts["a0"] = parts["a0"] + 1  # a silently different reference must be a miss
     np.savez(tmp_path / "refs" / "r.npz", **parts)
     assert c.arrays("refs", "r") is None
-    off = Cache(tmp_path, enabled=False)
+    off = Cache(tmp_path, sha256=sha256_path, enabled=False)
     off.put_record("kind", "k3", {"a": 1})
     assert off.record("kind", "k1") is None and not (tmp_path / "kind" / "k3.json").exists()
 
@@ -338,7 +339,7 @@ def test_artifact_cache_checks_sha256_of_what_it_hands_back(tmp_path: Path) -> N
     src.mkdir()
     (src / "m.onnx").write_bytes(b"model bytes " * 100)
     art = ExportedArtifact("onnx", "fp32", src / "m.onnx", inputs=[TensorSpec("x", (1, 3))])
-    cache = ArtifactCache(tmp_path / "cache")
+    cache = ArtifactCache(tmp_path / "cache", sha256=sha256_path)
     cache.put("k", art, src, {"m.onnx": sha256_path(src / "m.onnx")})
     hit = cache.get("k", tmp_path / "out1")
     assert hit is not None and hit.artifact.inputs == art.inputs
@@ -372,8 +373,9 @@ def test_model_handle_loads_once_and_refuses_other_weights(digits) -> None:
 def test_builtin_dataset_cache_returns_the_same_data(tmp_path: Path, digits) -> None:
     from packager.cache import Cache
     from packager.data import load_dataset
+    from packager.manifest import sha256_path
 
-    cache = Cache(tmp_path)
+    cache = Cache(tmp_path, sha256=sha256_path)
     fresh = load_dataset("builtin", digits, count=20, purpose="evaluation")
     first = load_dataset("builtin", digits, count=20, purpose="evaluation", cache=cache)
     again = load_dataset("builtin", digits, count=20, purpose="evaluation", cache=cache)
