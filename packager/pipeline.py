@@ -1,8 +1,8 @@
 """``package(recipe)``: load -> data -> reference -> compress -> per artifact {build -> verify} -> manifest.
 
-Each stage is a function in :mod:`packager.stages` that takes and returns typed values; this module runs
-them in order and writes the manifest. Output safety (staging dir, ``OUT.prev``, nothing lost on a
-failure) is :mod:`packager.output`'s.
+Each stage is a function that takes and returns typed values (:mod:`packager.stages` up to the artifact
+jobs, :mod:`packager.build` for each artifact); this module runs them in order and writes the manifest.
+Output safety (staging dir, ``OUT.prev``, nothing lost on a failure) is :mod:`packager.output`'s.
 
 One artifact failing to export is recorded in ``failures[]`` and the rest still run;
 :meth:`PackageResult.check` then raises (exit 5 for export failures, exit 1 for a missed tolerance) after
@@ -20,25 +20,23 @@ import numpy as np
 
 from mpk import __version__
 from mpk.errors import CheckFailed, ModelError, MpkError
+from packager.build import BuiltArtifact, build_stage, verify_stage
 from packager.cache import DISK_FULL, Cache
+from packager.host import Background
 from packager.output import Staging, staged
 from packager.recipe import Recipe
 from packager.stages import (
     ArtifactJob,
-    Background,
-    BuiltArtifact,
     Compressed,
     PackageData,
     Progress,
     Reference,
     Steps,
-    build_stage,
     compress_stage,
     data_stage,
     load_model_stage,
     plan_jobs,
     reference_stage,
-    verify_stage,
 )
 from packager.types import Dataset, ModelInfo, StaleModelInfo
 

@@ -1,15 +1,13 @@
-"""The stages of ``mpk package``: each takes typed values and returns one (see :mod:`packager.types`).
+"""The stages of ``mpk package`` up to the artifacts: each takes typed values and returns one.
 
     load_model_stage   Recipe                 -> ModelHandle   (facts from the cache; the module when needed)
     data_stage         Recipe, ModelInfo      -> PackageData   (calibration loaded once, evaluation)
     reference_stage    ModelHandle, data      -> Reference     (fp32 PyTorch outputs)
     compress_stage     Recipe, ModelHandle    -> Compressed    (the model to export, report, QAT/mixed jobs)
     plan_jobs          Recipe, Compressed     -> [ArtifactJob] (one per backend x scheme, plus Compressed.jobs)
-    build_stage        ArtifactJob            -> BuiltArtifact (export, or a sha256-checked cache copy)
-    verify_stage       BuiltArtifact          -> dict          (the manifest's ``verification``; cached)
 
-Every artifact, QAT and mixed precision included, goes through ``build_stage`` and ``verify_stage``, so
-all of them share one cache and one verification. The manifest is assembled by :mod:`packager.pipeline`.
+Each job then goes through :mod:`packager.build` (export, verify) and :mod:`packager.pipeline` writes the
+manifest.
 """
 
 from __future__ import annotations
@@ -17,15 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
-import os
-import queue
-import shutil
-import sys
-import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +24,7 @@ import numpy as np
 
 from mpk.errors import ExportError, ModelError
 from packager.cache import Cache, code_hash, make_key
-from packager.output import umask_mode
+from packager.host import cpu_fingerprint
 from packager.recipe import Recipe
 from packager.types import (
     Dataset,
@@ -99,20 +89,6 @@ class Compressed:
     model: ModelHandle
     report: dict[str, Any] | None = None
     jobs: list[ArtifactJob] = field(default_factory=list)
-
-
-@dataclass
-class BuiltArtifact:
-    """An artifact in its final folder of the package, with its checked hashes and sizes."""
-
-    job: ArtifactJob
-    artifact: ExportedArtifact
-    cached: bool
-    #: sha256 and size of the main file (or folder) and of each extra file, by absolute path
-    sha256: dict[Path, str]
-    size_bytes: dict[Path, int]
-    #: zstd -19 size of the main path; computed in the background on a miss
-    compressed_size: Future[int]
 
 
 # --- load --------------------------------------------------------------------------------------------------
@@ -476,133 +452,6 @@ class _ExportCall:
         return exporter.export(self.shared.model_for_export(), self.scheme, self.calibration, folder)
 
 
-# --- build -------------------------------------------------------------------------------------------------
-
-
-def build_stage(job: ArtifactJob, staging: Path, cache: Cache, background: Background) -> BuiltArtifact:
-    """Export ``job`` (or copy it from the cache, sha256 checked) into ``staging/<id>/``, atomically."""
-    from packager.manifest import sha256_path, size_path
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.id}-", dir=staging))
-    umask_mode(tmp)
-    try:
-        hit = cache.artifacts.get(job.key, tmp)
-        if hit is not None:
-            art = hit.artifact
-            sha = {Path(art.path): hit.sha256[Path(art.path).relative_to(tmp).as_posix()]}
-            sha |= {Path(p): hit.sha256[Path(p).relative_to(tmp).as_posix()] for p in art.extra_files}
-        else:
-            art = job.export(tmp)
-            if not Path(art.path).exists():
-                raise ModelError(f"{job.backend} exporter reported {art.path} but wrote no such file")
-            art = dataclasses.replace(
-                art,
-                backend=job.backend,
-                scheme=job.scheme,
-                path=Path(art.path),
-                extra_files=[Path(p) for p in art.extra_files],
-            )
-            sha = {p: sha256_path(p) for p in [art.path, *art.extra_files]}
-            cache.artifacts.put(job.key, art, tmp, {p.relative_to(tmp).as_posix(): h for p, h in sha.items()})
-        final = staging / job.id
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    moved = {final / p.relative_to(tmp): h for p, h in sha.items()}
-    art = dataclasses.replace(
-        art, path=final / art.path.relative_to(tmp), extra_files=[final / p.relative_to(tmp) for p in art.extra_files]
-    )
-    sizes = {p: size_path(p) for p in moved}
-    return BuiltArtifact(
-        job=job,
-        artifact=art,
-        cached=hit is not None,
-        sha256=moved,
-        size_bytes=sizes,
-        compressed_size=_compressed_size(art.path, moved[art.path], cache, background),
-    )
-
-
-def _compressed_size(path: Path, sha256: str, cache: Cache, background: Background) -> Future[int]:
-    """zstd -19 size of ``path``, from the cache (keyed by the bytes' sha256) or computed in the background
-    while the next artifact exports (zstd releases the GIL; -19 on an 18 MB model takes seconds)."""
-    rec = cache.record("zstd-size", sha256)
-    if rec is not None and isinstance(rec.get("bytes"), int):
-        done: Future[int] = Future()
-        done.set_result(rec["bytes"])
-        return done
-
-    def compute() -> int:
-        from packager.manifest import compressed_size
-
-        n = compressed_size(path)
-        cache.put_record("zstd-size", sha256, {"bytes": n})
-        return n
-
-    return background.submit(compute)
-
-
-# --- verify ------------------------------------------------------------------------------------------------
-
-
-def verify_stage(
-    built: BuiltArtifact,
-    data: PackageData,
-    reference: Reference,
-    recipe: Recipe,
-    cache: Cache,
-    exporters: Mapping[str, Any] | None,
-    *,
-    quiet_native: bool = False,
-) -> tuple[dict[str, Any], bool]:
-    """The manifest's ``verification`` for one artifact, and whether it came from the cache.
-
-    The cache key holds everything :func:`packager.verify.verify_artifact` reads: the artifact's bytes (by the
-    sha256 checked in ``build_stage``), the evaluation samples and labels, the fp32 reference, tolerances,
-    threads, this host's OS and CPU, the runtime versions and mpk's code. A run that crashed is not cached.
-    """
-    from packager.verify import tolerances_for, verify_artifact
-
-    job, art = built.job, built.artifact
-    tolerances = tolerances_for(job.tolerance_scheme, recipe.tolerances)
-    classifier = job.model.task == "classification"
-    ev = data.evaluation
-    key = make_key(
-        kind="verification",
-        backend=job.backend,
-        scheme=job.scheme,
-        artifact=sorted((p.relative_to(art.path.parent).as_posix(), h) for p, h in built.sha256.items()),
-        evaluation=ev.sha256,
-        labels=ev.labels_sha256,
-        reference=reference.sha256,
-        tolerances=tolerances,
-        classifier=classifier,
-        expected_io=[[s.to_dict() for s in job.model.inputs], [s.to_dict() for s in job.model.outputs]],
-        threads=recipe.threads or os.cpu_count(),
-        platform=sys.platform,
-        cpu=cpu_fingerprint(),
-        verify_code=code_hash("verify.py", "runtime.py"),
-    )
-    hit = cache.record("verifications", key)
-    if hit is not None:
-        return hit, True
-    with native_stderr_quiet(quiet_native):
-        result = verify_artifact(
-            exporter_for(job.backend, exporters, recipe),
-            art,
-            ev,
-            reference.outputs,
-            classifier=classifier,
-            tolerances=tolerances,
-            threads=recipe.threads,
-            expected_io=(job.model.inputs, job.model.outputs),
-        )
-    if result.get("metrics") or result.get("status") == "skipped":
-        cache.put_record("verifications", key, result)
-    return result, False
-
-
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
@@ -629,79 +478,3 @@ class Steps:
 
     def warn(self, text: str) -> None:
         self.progress("warn", text, None)
-
-
-class Background:
-    """One daemon worker thread for work that releases the GIL (zstd). Daemon: Ctrl-C never waits for it."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Future[Any], Callable[[], Any]] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        fut: Future[Any] = Future()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="mpk-background", daemon=True)
-            self._thread.start()
-        self._queue.put((fut, fn))
-        return fut
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            fut, fn = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # handed to whoever waits on the future
-                fut.set_exception(e)
-
-    def close(self) -> None:
-        """Stop after the queued work; what is still queued or running is abandoned with the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-
-
-_CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512", "vnni", "amx", "asimd", "sve", "i8mm", "bf16")
-
-
-@functools.cache
-def cpu_fingerprint() -> str:
-    """The host's SIMD features that change float and int8 kernel results (AVX2 vs AVX-512 VNNI, ...)."""
-    import platform
-
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags.update(f for f in line.split(":", 1)[1].split() if f.startswith(_CPU_FEATURES))
-                break
-    except OSError:
-        pass
-    return platform.machine() + ":" + ",".join(sorted(flags))
-
-
-@contextlib.contextmanager
-def native_stderr_quiet(enabled: bool) -> Iterator[None]:
-    """Send what native libraries print straight to fd 2 (ExecuTorch's ``[cpuinfo_utils.cpp:100] Reading
-    file ...`` lines) to a scratch file while ``enabled``. Python exceptions pass through untouched."""
-    if not enabled:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (an embedding host): nothing to quiet
-        yield
-        return
-    try:
-        with tempfile.TemporaryFile() as scratch:
-            os.dup2(scratch.fileno(), 2)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)

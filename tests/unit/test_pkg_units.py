@@ -389,7 +389,7 @@ def test_builtin_dataset_cache_returns_the_same_data(tmp_path: Path, digits) -> 
 def test_native_stderr_is_quieted_only_when_asked(capfd: pytest.CaptureFixture[str]) -> None:
     import os
 
-    from packager.stages import native_stderr_quiet
+    from packager.host import native_stderr_quiet
 
     with native_stderr_quiet(True):
         os.write(2, b"[cpuinfo_utils.cpp:100] Reading file\n")
@@ -400,7 +400,7 @@ def test_native_stderr_is_quieted_only_when_asked(capfd: pytest.CaptureFixture[s
 
 
 def test_cpu_fingerprint_names_the_simd_features() -> None:
-    from packager.stages import cpu_fingerprint
+    from packager.host import cpu_fingerprint
 
     fp = cpu_fingerprint()
     assert fp.split(":")[0]  # the machine
