@@ -12,7 +12,6 @@ Spec forms::
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import sys
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mpk.errors import DataError, ModelError, UsageError
+from mpk.files import installed_version, sha256_file
 from packager.data.images import IMAGE_SUFFIXES, load_image_dir
 from packager.models.loaders import example_shape
 from packager.types import Dataset, LoadedModel, ModelInfo, TensorSpec
@@ -176,7 +176,11 @@ def load_dataset(
 
         return _memo(
             cache,
-            lambda: {"sources": image_dir_sources(path), "shape": list(shape), "library": _version("scikit-image")},
+            lambda: {
+                "sources": image_dir_sources(path),
+                "shape": list(shape),
+                "library": installed_version("scikit-image"),
+            },
             {"count": count, "preprocess": pp, "path": str(path)},
             from_dir,
         )
@@ -194,27 +198,10 @@ def load_dataset(
     raise DataError(f"{spec}: not a directory, .npz or file.py:function")
 
 
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def image_dir_sources(folder: Path) -> list[tuple[str, str]]:
     """(relative path, sha256) of every image under ``folder``, sorted: what a decoded dataset depends on."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return [(p.relative_to(folder).as_posix(), file_sha256(p)) for p in files]
+    return [(p.relative_to(folder).as_posix(), sha256_file(p)) for p in files]
 
 
 def _memo(

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import DataError
+from mpk.files import installed_version, sha256_file
 from packager.data.images import read_image, resize_shorter, to_input
 from packager.models.loaders import example_shape
 from packager.types import Dataset, LoadedModel, ModelInfo
@@ -117,7 +118,6 @@ def _digits(count: int | None, purpose: str) -> Dataset:
 def builtin_sources(model: ModelInfo | LoadedModel, purpose: str) -> dict[str, Any] | None:
     """What a built-in dataset is made of, for its cache key: the source files' sha256 and the versions of
     the libraries that decode them. None for a model without built-in data (the load then says so)."""
-    from packager.data import _version, file_sha256
 
     name = model.source.get("spec") if model.source.get("kind") == "builtin" else None
     if name == "digits-cnn":
@@ -127,7 +127,10 @@ def builtin_sources(model: ModelInfo | LoadedModel, purpose: str) -> dict[str, A
         folder = Path(spec.origin).parent / "datasets" / "data" if spec and spec.origin else None
         if folder is None or not (folder / "digits.csv.gz").is_file():
             return None
-        return {"digits.csv.gz": file_sha256(folder / "digits.csv.gz"), "scikit-learn": _version("scikit-learn")}
+        return {
+            "digits.csv.gz": sha256_file(folder / "digits.csv.gz"),
+            "scikit-learn": installed_version("scikit-learn"),
+        }
     if name == "efficientnet-lite0":
         import importlib.util
 
@@ -135,8 +138,8 @@ def builtin_sources(model: ModelInfo | LoadedModel, purpose: str) -> dict[str, A
         if spec is None or spec.origin is None:
             return None
         folder = Path(spec.origin).parent / "data"
-        photos = {n: file_sha256(folder / n) for n in SKIMAGE_PHOTOS if (folder / n).is_file()}
-        return {"photos": photos, "scikit-image": _version("scikit-image")} if photos else None
+        photos = {n: sha256_file(folder / n) for n in SKIMAGE_PHOTOS if (folder / n).is_file()}
+        return {"photos": photos, "scikit-image": installed_version("scikit-image")} if photos else None
     return None
 
 

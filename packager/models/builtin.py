@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mpk.files import sha256_file
 from packager.cache import cache_dir
 from packager.models.loaders import finish_model
 from packager.types import LoadedModel, TensorSpec
@@ -138,14 +139,6 @@ def _digits_weights() -> Path:
     return cache_dir() / "models" / f"digits-cnn-{_digits_code_hash()}.pt"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(name: str) -> str | None:
     """What a built-in's loaded weights depend on, read without importing torch: the weights file's sha256,
     the loading code and the model package versions. None when only loading can tell (digits-cnn before
@@ -167,7 +160,7 @@ def fingerprint(name: str) -> str | None:
         return None
     if not weights.is_file():
         return None
-    parts.append(_file_sha256(weights))
+    parts.append(sha256_file(weights))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
