@@ -68,15 +68,52 @@ def read_pte(path: Path) -> dict[str, Any]:
 
 
 def read_onnx(path: Path) -> dict[str, Any]:
-    import onnx
-
+    """IR version, opset imports and producer of an ``.onnx``, read off the protobuf wire (no ``onnx`` import:
+    a cached ``mpk package`` re-run imports no runtime library). ModelProto fields (onnx/onnx.proto3):
+    1 ``ir_version``, 2 ``producer_name``, 3 ``producer_version``, 8 ``opset_import`` (OperatorSetIdProto:
+    1 ``domain``, 2 ``version``). The graph (field 7) is skipped by its length, not parsed."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise UsageError(f"{path}: not an ONNX model ({type(e).__name__}: {e})") from None
-    opsets = {o.domain: int(o.version) for o in proto.opset_import}
-    producer = f"{proto.producer_name} {proto.producer_version}".strip() or None
-    return {"ir_version": int(proto.ir_version), "opsets": opsets, "exported_with": producer}
+        buf = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the ONNX model ({e.strerror})") from None
+    ir_version, names, opsets = None, {2: "", 3: ""}, {}
+    try:
+        for field, wire, value in _fields(buf):
+            if field == 1 and wire == 0:
+                ir_version = value
+            elif field in names and wire == 2:
+                names[field] = bytes(value).decode("utf-8", "replace")
+            elif field == 8 and wire == 2:
+                entry = {f: v for f, w, v in _fields(bytes(value)) if (f, w) in ((1, 2), (2, 0))}
+                opsets[bytes(entry.get(1, b"")).decode("utf-8", "replace")] = int(entry.get(2, 0))
+    except ValueError as e:
+        raise UsageError(f"{path}: not an ONNX model ({e})") from None
+    if ir_version is None or not opsets:
+        raise UsageError(f"{path}: not an ONNX model (no ir_version or opset_import)")
+    producer = f"{names[2]} {names[3]}".strip() or None
+    return {"ir_version": int(ir_version), "opsets": opsets, "exported_with": producer}
+
+
+def _fields(buf: bytes) -> Any:
+    """(field number, wire type, value) of each top-level protobuf field; value is an int or a memoryview."""
+    view, i = memoryview(buf), 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = view[i : i + 8], i + 8
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if i + n > len(buf):
+                raise ValueError("truncated field")
+            value, i = view[i : i + n], i + n
+        elif wire == 5:
+            value, i = view[i : i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {wire} at byte {i}")
+        yield field, wire, value
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:

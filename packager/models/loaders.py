@@ -221,7 +221,11 @@ def _load_pt2(spec: str, path: Path) -> LoadedModel:
     try:
         ep = torch.export.load(str(path))  # it logs a traceback first; `mpk package` keeps that to --verbose
     except Exception as e:
-        raise ModelError(f"{path}: torch.export.load failed: {type(e).__name__}: {e}") from e
+        first = str(e).splitlines()[0].replace(" Please check the warnings above for possible errors.", "").strip()
+        raise ModelError(
+            f"{path}: torch.export.load failed: {type(e).__name__}: {first}",
+            hint="run with --verbose to see torch's own log of what it could not read",
+        ) from e
     args = next(iter(getattr(ep, "example_inputs", None) or ((), {})))
     names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     lm = finish_model(

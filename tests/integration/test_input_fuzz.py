@@ -95,19 +95,32 @@ def test_arbitrary_bytes_are_a_usage_error_without_traceback(files: dict[str, Pa
 
 
 def test_a_corrupt_pt2_is_one_line_without_torchs_traceback(tmp_path: Path) -> None:
-    """torch.export logs its own traceback of a file it cannot read before raising; mpk keeps it out of the way
-    (``--verbose`` lets it through)."""
+    """Not a zip at all: a corrupt input file, exit 2, refused before torch is asked. A zip torch.export cannot
+    read: exit 5 (the model cannot be loaded); torch logs its own traceback of it first, which mpk keeps out of
+    the way unless ``--verbose``."""
     import os
     import subprocess
     import sys
+    import zipfile
 
-    bad = tmp_path / "model.pt2"
-    bad.write_bytes(bytes(range(256)) * 20)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    cmd = [sys.executable, "-m", "mpk", "package", "--model", str(bad), "--quantize", "none", "--backends", "onnx",
-           "--out", str(tmp_path / "out")]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 5
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error:"), r.stderr
-    loud = subprocess.run([*cmd, "--verbose"], capture_output=True, text=True, env=env, timeout=300)
+
+    def run(model: Path, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "mpk", "package", "--model", str(model), "--quantize", "none", "--backends",
+               "onnx", "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    garbage = tmp_path / "model.pt2"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    r = run(garbage)
+    assert r.returncode == 2 and "not a torch.export archive" in r.stderr
+    assert r.stderr.strip().splitlines()[0].startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    bad_zip = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(bad_zip, "w") as z:
+        z.writestr("model/archive_format", "pt2")
+        z.writestr("model/models/model.json", "{not json")
+    r = run(bad_zip)
+    assert r.returncode == 5 and "torch.export.load failed" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr
+    loud = run(bad_zip, "--verbose")
     assert loud.returncode == 5 and "Traceback" in loud.stderr  # what was kept quiet is torch's, and it exists

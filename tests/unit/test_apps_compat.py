@@ -171,3 +171,25 @@ def test_pte_reader_reads_the_header_and_refuses_garbage(tmp_path) -> None:
     bad.write_bytes(b"\xff\xff\xff")
     with pytest.raises(UsageError, match="specificationVersion"):
         reqs.read_coreml(bad)
+
+
+def test_read_onnx_reads_the_wire_like_onnx_does(tmp_path) -> None:
+    """The manifest's ONNX requirement is read without importing onnx (cached re-runs import no runtime)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8, producer_name="mpk-test", producer_version="1.2")
+    p = tmp_path / "m.onnx"
+    onnx.save(model, str(p))
+    got = reqs.read_onnx(p)
+    assert got == {"ir_version": 8, "opsets": {"": 17, "com.microsoft": 1}, "exported_with": "mpk-test 1.2"}
+    (tmp_path / "bad.onnx").write_bytes(p.read_bytes()[:40])  # truncated inside the graph field
+    with pytest.raises(UsageError, match="not an ONNX model"):
+        reqs.read_onnx(tmp_path / "bad.onnx")
