@@ -185,7 +185,9 @@ def test_read_onnx_reads_the_wire_like_onnx_does(tmp_path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=8, producer_name="mpk-test", producer_version="1.2")
+    model = helper.make_model(
+        graph, opset_imports=opsets, ir_version=8, producer_name="mpk-test", producer_version="1.2"
+    )
     p = tmp_path / "m.onnx"
     onnx.save(model, str(p))
     got = reqs.read_onnx(p)
