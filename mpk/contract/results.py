@@ -23,7 +23,7 @@ import copy
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from mpk.contract.runner import ArtifactResult, ErrorKind
 from mpk.contract.schema import check
@@ -104,6 +104,8 @@ class Cell(TypedDict):
     started_utc: str | None
     finished_utc: str | None
     result: ArtifactResult | None
+    #: ``mpk bench --ray`` only: {"host", "node_id", "pid"} of the agent that ran it
+    where: NotRequired[dict[str, Any]]
 
 
 class Matrix(TypedDict):
