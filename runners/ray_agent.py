@@ -67,8 +67,9 @@ def run_agent(cfg: AgentConfig, *, ready: Callable[[dict[str, Any]], None] | Non
     ``ready`` gets ``{"address", "host", "node_id", "devices", "head"}`` once the node is up.
     """
     stop = stop or threading.Event()
+    labels = {HOST_LABEL: cfg.host} if cfg.devices or not cfg.head else {}  # a bare head is no device host
     node = start_node(cfg.address, head=cfg.head, resources={device_resource(d.id): 1 for d in cfg.devices},
-                      labels={HOST_LABEL: cfg.host} if cfg.devices or not cfg.head else {}, num_cpus=cfg.num_cpus, object_store_mb=cfg.object_store_mb,
+                      labels=labels, num_cpus=cfg.num_cpus, object_store_mb=cfg.object_store_mb,
                       temp_dir=cfg.temp_dir)  # fmt: skip
     try:
         if ready:

@@ -25,13 +25,13 @@ import yaml
 
 pytest.importorskip("ray")
 
-from mpk.contract import read_results  # noqa: E402
-from runners.transport.adbkey import ensure_key  # noqa: E402
-from tests.integration.ray_helpers import REPO, LocalCluster  # noqa: E402
-from tests.integration.vdevice_helpers import start_device_process, stop_device_process  # noqa: E402
+from mpk.contract import read_results
+from runners.transport.adbkey import ensure_key
+from tests.integration.ray_helpers import REPO, LocalCluster
+from tests.integration.vdevice_helpers import start_device_process, stop_device_process
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_helpers import tiny_package  # noqa: E402
+from bench_helpers import tiny_package
 
 pytestmark = pytest.mark.ray
 
@@ -203,10 +203,10 @@ def test_tune_on_ray_gives_the_local_trials_front_and_recipe(lab, driver_env: Lo
     Everything but the measured latency is identical trial by trial (artifacts byte for byte), and so are the
     Pareto front and the saved recipe. The floor is on cosine, which orders these four trials strictly with
     size, so the front does not hang on latency ties (latency is measured, run to run, here as locally)."""
+    from mpk.raycluster import parse_address
     from packager.compress.distill import DistillConfig
     from packager.compress.tune import TuneConfig, _pareto, run_tune, save_recipe
     from packager.compress.tune_ray import RayTrials
-    from mpk.raycluster import parse_address
 
     cfg = TuneConfig(model="digits-cnn", prune=(0.0, 0.5), schemes=("fp32", "int8"), floor={"cosine": 0.9},
                      distill=DistillConfig(epochs=1, samples=128), calibration_count=16, eval_count=32,
