@@ -130,11 +130,12 @@ def run_bench(
 
 
 def _ray_bench(config: BenchConfig) -> Callable[..., Bench]:
-    from mpk.raycluster import parse_address
+    from mpk.raycluster import check_reachable, parse_address
 
     address = parse_address(config.ray or "", allow_remote=config.ray_allow_remote)
     if config.until_conclusive:
         raise UsageError("--until-conclusive re-measures on this machine; it does not combine with --ray")
+    check_reachable(address)
     from runners.ray_matrix import RayBench
 
     return functools.partial(RayBench, address=address)

@@ -137,10 +137,10 @@ def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path,
         return
     progress, live = _progress(), None
     if ray_address is not None:  # one live table of the cells by host and device
-        from mpk.raycluster import parse_address
+        from mpk.raycluster import check_reachable, parse_address
         from runners.ray_cli import LiveTable
 
-        parse_address(ray_address, allow_remote=ray_allow_remote)  # a refused address: exit 2 before anything
+        check_reachable(parse_address(ray_address, allow_remote=ray_allow_remote))  # exit 2 / 4 before anything
         progress = live = LiveTable(plan_bench(config))
     try:
         outcome = run_bench(config, progress=progress, log=lambda m: click.echo(m, err=True))

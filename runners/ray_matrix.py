@@ -313,7 +313,7 @@ class RayBench(Bench):
                                             f"({_ray_reason(e)})", Outcome.INFRA_ERROR)  # fmt: skip
                 cell.update(started_utc=started, finished_utc=utc_now())
                 return cell
-            raise DeviceError(plan.device.id, f"host {owner.host} dropped out of the Ray cluster mid-run "
+            raise DeviceError(plan.device.id, f"host {owner.host} dropped out of the Ray cluster "
                               f"({_ray_reason(e)})", reason="host-lost") from None  # fmt: skip
         if answer[0] == "device":
             _, device_id, message = answer
@@ -399,4 +399,4 @@ def _ray_reason(e: BaseException) -> str:
         return _ray_reason(cause)
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     head = next((ln for ln in lines if not ln.startswith(("Traceback", "File ", "ray::"))), "")
-    return f"{type(e).__name__}: {head}"[:200].rstrip(": ")
+    return f"{type(e).__name__}: {head}"[:140].rstrip(": ")

@@ -78,10 +78,12 @@ def tune(**kw: object) -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     executor = None
     if kw["ray"] is not None:  # checked before any model is loaded; Ray itself is imported only when trials start
-        from mpk.raycluster import parse_address
+        from mpk.raycluster import check_reachable, parse_address
         from packager.compress.tune_ray import RayTrials
 
         address = parse_address(str(kw["ray"]), allow_remote=bool(kw["ray_allow_remote"])) if kw["ray"] else None
+        if address is not None:
+            check_reachable(address)  # exit 4 now, not after the model and data are loaded
         executor = RayTrials(address=address, max_concurrent=kw["max_concurrent"])  # type: ignore[arg-type]
     floor = _floor(kw["floor"])  # type: ignore[arg-type]
     prune = _floats(kw["prune"], "prune")  # type: ignore[arg-type]

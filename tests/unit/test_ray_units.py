@@ -253,3 +253,16 @@ def test_agent_help_and_refusals_need_no_ray(tmp_path: Path) -> None:
     devices.write_text(yaml.safe_dump({"version": 1, "devices": [{"id": "h", "kind": "host", "host": "lab-1"}]}))
     r = CliRunner().invoke(main, ["agent", "--ray", "127.0.0.1:6379", "--devices", str(devices), "--host", "lab-2"])
     assert r.exit_code == 2 and "no device has host: lab-2" in r.output
+
+
+def test_no_cluster_at_the_address_is_exit_4_before_anything_is_loaded(tmp_path: Path) -> None:
+    """Port 1 on loopback: nothing listens there (a real refused connection, no Ray needed to find out)."""
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(yaml.safe_dump({"version": 1, "devices": [{"id": "h", "kind": "host", "host": "lab-1"}]}))
+    (tmp_path / "m.json").write_text("{}")
+    for argv in (["bench", str(tmp_path / "m.json"), "--devices", str(devices), "--out", str(tmp_path / "out"),
+                  "--ray", "127.0.0.1:1"], ["tune", "--model", "digits-cnn", "--ray", "127.0.0.1:1"]):  # fmt: skip
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 4, r.output
+        assert "no Ray cluster answers at 127.0.0.1:1" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
