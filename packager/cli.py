@@ -164,9 +164,13 @@ def render_summary(
     default=None,
     help="Static int8 (ExecuTorch, ONNX): correct Conv biases for int8's mean shift on calibration data (default on).",
 )
-@click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Export everything afresh.")
+@click.option(
+    "--no-cache", "no_cache", is_flag=True, default=False, help="Build and verify everything afresh (no cache)."
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")
-@click.option("--verbose", is_flag=True, help="Let torch, coremltools and onnxscript log their warnings too.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Let torch, ExecuTorch, ONNX Runtime and coremltools log and show progress."
+)
 def package(recipe_file: str | None, dry_run: bool, no_cache: bool, verbose: bool, **flags: Any) -> None:
     """Package a PyTorch model into verified ExecuTorch/ONNX/CoreML artifacts plus a manifest.
 
@@ -183,30 +187,40 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, verbose: boo
         click.echo(recipe.to_yaml(), nl=False)
         return
     if not verbose:
-        _quiet_third_party()
+        quiet_third_party()
     from packager.pipeline import package as run_package
 
-    result = run_package(recipe, progress=RichProgress())
+    result = run_package(recipe, progress=RichProgress(), quiet_native=not verbose)
     render_summary(result.manifest, result.manifest_path)
     if result.previous is not None:
         _console().print(f"previous contents of {result.out} kept in {result.previous}")
     result.check()
 
 
-def _quiet_third_party() -> None:
-    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning, torch.export's own traceback
-    of a file it cannot read) buries mpk's one line. ``mpk package --verbose`` keeps it."""
+#: Python loggers of the libraries mpk drives; their failures reach the user as mpk's own one-line errors
+THIRD_PARTY_LOGGERS = ("torch", "torchao", "executorch", "coremltools", "onnxruntime", "onnxscript", "onnx_ir", "onnx")
+
+
+def quiet_third_party() -> None:
+    """Keep library chatter off the terminal: it buries mpk's own lines, and a failure already comes back
+    as one mpk error line (a corrupt .pt2 made torch log a 15-line traceback first).
+
+    Must run before torch is imported: torch resets its loggers from ``TORCH_LOGS`` at import, so that is
+    where it is told ("-all": errors only). A user's own ``TORCH_LOGS``/``TQDM_DISABLE`` is left alone.
+    """
     import logging
+    import os
     import warnings
 
-    import torch
-
+    os.environ.setdefault("TORCH_LOGS", "-all")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' conversion progress bars
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|onnxscript)\b.*")
-    # torch sets its loggers' levels when it is imported, so they are set through its own API, after the import
-    torch._logging.set_logs(all=logging.ERROR)
-    for name in ("coremltools", "torchao", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"(torch|torchao|executorch|coremltools|onnxscript|onnxruntime)\b.*"
+    )
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _find_manifest(path: Path) -> Path | None:

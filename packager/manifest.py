@@ -9,7 +9,6 @@ both ways); this module computes what goes into it.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import platform
 import subprocess
 import sys
@@ -22,23 +21,10 @@ import numpy as np
 # and the gate; the packager writes through it like everyone else.
 from mpk.contract import MANIFEST_VERSION as SCHEMA_VERSION
 from mpk.contract import write_manifest
+from mpk.files import sha256_path
 
 __all__ = ["SCHEMA_VERSION", "compressed_size", "environment", "file_problems", "sha256_path", "size_path",
            "utc_now", "write_manifest", "write_reference"]  # fmt: skip
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory (sorted relative paths + contents, e.g. an .mlpackage)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-        return h.hexdigest()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def size_path(path: Path) -> int:

@@ -17,13 +17,16 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mpk.errors import ConfigError, UnknownNameError, UsageError
 from mpk.registry import suggest
 from mpk.yamlio import load_yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from packager.compress.recipe_io import CompressionConfig
 
 DEFAULT_BACKENDS = ("executorch", "onnx")
 DEFAULT_SCHEMES = ("none", "int8")
@@ -53,15 +56,18 @@ class Recipe:
     threads: int | None = None
     #: samples stored in reference.npz for on-device checks
     reference_samples: int = 16
-    #: pruning / distillation / QAT / mixed precision applied before export (packager/compress/recipe_io.py)
-    compression: dict[str, Any] | None = None
+    #: pruning / distillation / QAT / mixed precision applied before export, parsed once here from the YAML
+    #: mapping (packager/compress/recipe_io.py); None when there is nothing to apply
+    compression: CompressionConfig | None = None
     #: static int8 (executorch, onnx): correct Conv biases for int8's mean shift (packager/export/*bias_correction.py)
     bias_correction: bool = True
 
     def __post_init__(self) -> None:
-        problems = _validate(self)
+        compression, problems = _parse_compression(self.compression)
+        problems += _validate(self)
         if problems:
             raise ConfigError("recipe", problems)
+        object.__setattr__(self, "compression", compression)
         from packager.export.capabilities import ALIASES
 
         # tolerances are looked up by canonical scheme; "none:" in YAML means fp32
@@ -114,9 +120,12 @@ class Recipe:
     # -- views -----------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for k in ("backends", "schemes", "input_shapes"):
             d[k] = list(d[k])
+        d["tolerances"] = {k: dict(v) for k, v in self.tolerances.items()}
+        d["preprocess"] = dict(self.preprocess) if self.preprocess is not None else None
+        d["compression"] = self.compression.to_dict() if self.compression is not None else None
         return d
 
     def to_yaml(self) -> str:
@@ -148,6 +157,23 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return tuple(str(v).strip() if key != "input_shapes" else v for v in value)
     return value
+
+
+def _parse_compression(raw: Any) -> tuple[CompressionConfig | None, list[str]]:
+    """The ``compression:`` section as a typed config (the one parse of it), or None when it asks for nothing."""
+    if raw is None:
+        return None, []
+    from packager.compress.recipe_io import CompressionConfig, parse_compression
+
+    if isinstance(raw, CompressionConfig):
+        return (None if raw.empty else raw), []
+    try:
+        cfg = parse_compression(raw, "recipe")
+    except ConfigError as e:
+        return None, list(e.problems)
+    except UsageError as e:
+        return None, [f"compression: {e.message}"]
+    return (None if cfg.empty else cfg), []
 
 
 def _validate(r: Recipe) -> list[str]:
@@ -198,15 +224,6 @@ def _validate(r: Recipe) -> list[str]:
                     )
                 elif not isinstance(v, (int, float)) or isinstance(v, bool):
                     problems.append(f"tolerances.{scheme}.{k}: expected a number, got {v!r}")
-    if r.compression is not None:
-        from packager.compress.recipe_io import parse_compression
-
-        try:
-            parse_compression(r.compression, "recipe")
-        except ConfigError as e:
-            problems.extend(e.problems)
-        except UsageError as e:
-            problems.append(f"compression: {e.message}")
     if problems or not r.backends or not r.schemes:
         if not r.backends:
             problems.append("backends: at least one backend")

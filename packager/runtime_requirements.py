@@ -32,25 +32,17 @@ The version tables and comparisons themselves are :mod:`mpk.runtimes` (the bench
 from __future__ import annotations
 
 import struct
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mpk.errors import UsageError
+from mpk.files import installed_version
 from mpk.runtimes import (
     _ONNX_DOMAINS,
     coreml_min_os,
     onnx_min_runtime,
     version_tuple,
 )
-
-
-def _installed(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 # ------------------------------------------------------------------------ readers
 
@@ -139,7 +131,7 @@ def requirements(backend: str, path: Path) -> dict[str, Any]:
     path = Path(path)
     if backend == "executorch":
         pte = read_pte(path)
-        made_by = _installed("executorch")
+        made_by = installed_version("executorch")
         mm = version_tuple(made_by or "")[:2]
         return {
             "runtime": "executorch",
@@ -162,7 +154,7 @@ def requirements(backend: str, path: Path) -> dict[str, Any]:
             "runtime": "coreml",
             "min_version": os_min["ios"] if os_min else None,
             "min_macos": os_min["macos"] if os_min else None,
-            "exported_with": f"coremltools {made_by}" if (made_by := _installed("coremltools")) else None,
+            "exported_with": f"coremltools {made_by}" if (made_by := installed_version("coremltools")) else None,
             **info,
         }
     raise UsageError(f"unknown backend {backend!r}; known: coreml, executorch, onnx")

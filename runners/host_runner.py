@@ -323,6 +323,7 @@ def run_spec(spec_path: Path, *, emulated: bool = False, device_facts: dict | No
     if device_facts:
         facts.update(device_facts)
         facts["host_cpu"] = devicefacts.cpu_model()  # the CPU that really ran the numbers, whatever the facts say
+        facts.update(devicefacts.int8_facts())  # and the int8 kernels it ran them with
     started = utc_now()
     facts["temperatures_c_before"] = devicefacts.temperatures_c()
     per_artifact_timeout = timeout_s or (300.0 + 2 * (s.get("max_seconds") or 600.0))

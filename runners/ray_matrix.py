@@ -39,6 +39,7 @@ from typing import Any
 from mpk import __version__
 from mpk.contract import Cell, Outcome
 from mpk.errors import DeviceError, MpkError, RunnerError, UsageError
+from mpk.files import sha256_file
 from mpk.raycluster import RayAddress, connect, disconnect
 from runners.config import DevicesConfig
 from runners.devices import DeviceSpec
@@ -132,7 +133,7 @@ def receive(root: Path, files: Iterable[Shipped], get: Callable[[Any], bytes]) -
         dest = (root / f.rel).resolve()
         if base not in dest.parents:
             raise RunnerError(f"{f.rel}: a shipped file must stay inside the package folder")
-        if dest.is_file() and dest.stat().st_size == f.size and _sha256(dest.read_bytes()) == f.sha256:
+        if dest.is_file() and dest.stat().st_size == f.size and sha256_file(dest) == f.sha256:
             continue
         data = get(f.ref[0])
         digest = _sha256(data)

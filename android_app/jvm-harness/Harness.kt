@@ -9,6 +9,7 @@ import org.mpk.bench.contract.ArtifactOutcome
 import org.mpk.bench.contract.ArtifactSpec
 import org.mpk.bench.contract.BenchmarkLoop
 import org.mpk.bench.contract.Compat
+import org.mpk.bench.contract.CpuInt8
 import org.mpk.bench.contract.DeviceFacts
 import org.mpk.bench.contract.ErrorKind
 import org.mpk.bench.contract.InputTensor
@@ -118,7 +119,8 @@ fun handle(req: Map<*, *>): Any? = when (req["op"]) {
         val acc = Accuracy.metrics(perSample, perSample, ref.task, ref.outputs[0].shape)
         val facts = DeviceFacts(
             "harness", "jvm", null, "x86_64", "android", "15", 8, "schedutil", listOf(1800000),
-            null, mapOf("cpu0" to 35.5), mapOf("cpu0" to 36.0), null
+            null, mapOf("cpu0" to 35.5), mapOf("cpu0" to 36.0), null,
+            listOf("avx2", "fma", "sse4_1"), "avx2" to true
         )
         val outcomes = spec.artifacts.mapIndexed { i, a ->
             if (i == 0) {
@@ -154,6 +156,11 @@ fun handle(req: Map<*, *>): Any? = when (req["op"]) {
         Compat.refusal(need, strMap(m["linked"]))
     }
     "sha256" -> Measurement.sha256(File(req["path"] as String))
+    "cpu_int8" -> {
+        val features = CpuInt8.features(req["cpuinfo"] as String)
+        val (name, saturates) = CpuInt8.kernel(req["abi"] as String, features)
+        linkedMapOf("features" to features, "name" to name, "saturates" to saturates)
+    }
     else -> throw IllegalArgumentException("unknown op ${req["op"]}")
 }
 

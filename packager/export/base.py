@@ -59,17 +59,6 @@ class Exporter(abc.ABC):
 # --- helpers shared by the exporters (torch imported lazily, inside each function) ---------------------------
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks so a 100 MB artifact does not sit in memory twice."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dynamic_shapes(model: LoadedModel) -> tuple[dict[int, object], ...] | None:
     """``torch.export`` dynamic_shapes built from the TensorSpecs, or None when every dim is static.
 

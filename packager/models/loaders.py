@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def _call_factory(spec: str, fn: Any) -> tuple[Any, Any]:
 def _get_attr(spec: str, mod: Any, attr: str) -> Any:
     if not hasattr(mod, attr):
         known = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")]
-        raise UsageError(suggest(attr, known, f"factory in {spec.rpartition(':')[0]}"))
+        raise UsageError(f"{spec.rpartition(':')[0]}: " + suggest(attr, known, "factory"))
     return getattr(mod, attr)
 
 
@@ -208,12 +209,17 @@ def _load_file_factory(spec: str, path: Path, attr: str) -> tuple[Any, Any, byte
 
 
 def _load_pt2(spec: str, path: Path) -> LoadedModel:
-    import torch
-
     if not path.is_file():
         raise UsageError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(
+            f"{path}: not a torch.export archive (a .pt2 is a zip file; this one is not)",
+            hint="the file is truncated or damaged, or was not written by torch.export.save",
+        )
+    import torch
+
     try:
-        ep = torch.export.load(str(path))
+        ep = torch.export.load(str(path))  # it logs a traceback first; `mpk package` keeps that to --verbose
     except Exception as e:
         raise ModelError(f"{path}: torch.export.load failed: {type(e).__name__}: {e}") from e
     args = next(iter(getattr(ep, "example_inputs", None) or ((), {})))

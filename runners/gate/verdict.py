@@ -286,7 +286,8 @@ def check_results(
 ) -> tuple[list[Check], list[str]]:
     """All budget checks of a results file, plus warnings.
 
-    Warned about: cells whose runtime was missing where they ran (``unsupported``) under a budget, and
+    Warned about: cells whose runtime was missing where they ran (``unsupported``) under a budget, ONNX int8
+    cells measured on a CPU whose int8 kernel saturates (their accuracy is that CPU's, see :mod:`mpk.hostcpu`), and
     rules that name cells of this run but gated none of them because the cells were the other kind
     (a phone's rule when the phone's cells were emulated). A rule that names no cell of the run at all
     is :func:`unmatched_rules`' business: the gate refuses it unless asked not to.
@@ -295,12 +296,21 @@ def check_results(
     checks: list[Check] = []
     used: set[int] = set()
     unsupported: list[str] = []
+    saturated: list[str] = []
     for cell in results.get("cells", []):
         sel = {"device": str(cell.get("device_id")), "artifact": str(cell.get("artifact_id")), "model": model}
         emulated = bool(cell.get("emulated"))
         resolved = resolve(rules, emulated=emulated, **sel)
         used.update(r.index for r in rules if r.applies(emulated=emulated, **sel))
         checks.extend(check_cell(cell, resolved, sizes=sizes))
+        if resolved and _saturating_int8(cell):
+            kernel = cell["device"]["int8_kernel"]["name"]
+            cpu = cell["device"].get("host_cpu") or cell["device"].get("model")
+            saturated.append(
+                f"{cell_key(cell)} ran on {cpu}, whose ONNX Runtime int8 kernel ({kernel}) adds byte products in "
+                "saturating 16-bit pairs: its accuracy is this CPU's, not what an ARM64 phone or a VNNI CPU "
+                "computes from the same artifact (the manifest's verification judges the graph's exact arithmetic)"
+            )
         if resolved and cell["outcome"] == Outcome.UNSUPPORTED:
             unsupported.append(
                 f"{cell_key(cell)} could not be measured on {cell.get('ran_on') or cell.get('device_id')} "
@@ -308,12 +318,26 @@ def check_results(
             )
     unmatched = {r.index for r, _ in unmatched_rules(results, rules)}
     other_kind = [r for r in rules if r.index not in used and r.index not in unmatched]
-    warnings = unsupported + [
-        f"{r.label()} gated nothing: it applies to {'emulated' if r.emulated else 'real'} cells and the cells it "
-        f"names ran as {'real' if r.emulated else 'emulated'} ones"
-        for r in other_kind
-    ]
+    warnings = (
+        unsupported
+        + saturated
+        + [
+            f"{r.label()} gated nothing: it applies to {'emulated' if r.emulated else 'real'} cells and the cells it "
+            f"names ran as {'real' if r.emulated else 'emulated'} ones"
+            for r in other_kind
+        ]
+    )
     return checks, warnings
+
+
+def _saturating_int8(cell: dict[str, Any]) -> bool:
+    """An ONNX int8 cell measured on a CPU whose int8 kernel saturates (see runners/devicefacts.int8_facts)."""
+    device = cell.get("device") or {}
+    return bool(
+        cell.get("backend") == "onnx"
+        and str(cell.get("scheme", "")).startswith("int8")
+        and (device.get("int8_kernel") or {}).get("saturates")
+    )
 
 
 def unmatched_rules(results: dict[str, Any], rules: list[BudgetRule]) -> list[tuple[BudgetRule, str]]:

@@ -9,7 +9,6 @@ so a truncated push never becomes a wrong benchmark.
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import re
 import shlex
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mpk.errors import DeviceError, DeviceTimeout
+from mpk.files import sha256_file
 
 log = logging.getLogger("mpk.transport")
 T = TypeVar("T")
@@ -47,14 +47,6 @@ class ShellResult:
 
 class TransientError(Exception):
     """A failure worth retrying (connection reset, a timeout mid-transfer)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def retry(fn: Callable[[], T], *, serial: str, what: str, attempts: int = 3, backoff: float = 0.5) -> T:

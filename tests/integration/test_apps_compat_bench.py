@@ -60,8 +60,11 @@ def test_bench_refuses_a_newer_executorch_before_anything_is_pushed(pkg: Path, t
     newer = pkg.parent / "manifest-newer.json"
     newer.write_text(json.dumps(m))
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "results.json").write_text('{"keep": "me"}')  # what the user already had
+    first = CliRunner().invoke(main, ["bench", str(pkg), "--devices", str(_devices(tmp_path, {"id": "host",
+                                      "kind": "host"})), "--out", str(out), "--fallback", "none", "--artifact",
+                                      "onnx-fp32", "--iterations", "3", "--min-seconds", "0"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    before = (out / "results.json").read_bytes()  # what the user already had: an earlier mpk bench run
     r = CliRunner().invoke(main, ["bench", str(newer), "--devices", str(_devices(tmp_path, {"id": "host",
                                   "kind": "host"})), "--out", str(out), "--fallback", "none"])  # fmt: skip
     assert r.exit_code == 2, r.output
@@ -69,9 +72,10 @@ def test_bench_refuses_a_newer_executorch_before_anything_is_pushed(pkg: Path, t
     assert metadata.version("executorch") in r.output, "the device's version is named too"
     assert "onnx-fp32" not in r.output.split("refusing")[1].split("hint")[0], "only what cannot load is named"
     assert "Traceback" not in r.output
-    assert (out / "results.json").read_text() == '{"keep": "me"}'
-    staged = [p for p in (out / "work").glob("*") if p.name != "reference"] if (out / "work").exists() else []
-    assert staged == [], "no cell was staged"
+    assert (out / "results.json").read_bytes() == before
+    assert not (out.parent / "out.prev").exists(), "the earlier run was not moved aside: nothing was replaced"
+    staging = [p.name for p in out.parent.iterdir() if p.name.startswith(".out")]
+    assert staging == [], f"no cell was staged: {staging}"
 
 
 def test_the_true_requirement_benchmarks_normally(pkg: Path, tmp_path: Path) -> None:

@@ -150,6 +150,7 @@ def test_result_json_is_schema_valid(harness, tmp_path: Path) -> None:
     for k, v in LatencyStats.from_samples(samples).to_dict().items():
         assert ok["stats"][k] == (v if isinstance(v, list) else pytest.approx(v)), k
     assert ok["memory"]["rise_mb"] == pytest.approx(40.5) and ok["accuracy"]["top1_agreement"] == 1.0
+    assert result["device"]["int8_kernel"] == {"name": "avx2", "saturates": True}
     assert err["status"] == "error" and err["error"]["kind"] == "oom" and err["stats"] is None
     del result["runner"]["runtimes"]["onnxruntime"]
     assert any("onnxruntime" in p for p in schema_problems(result, "runner_result")), "apps must report both"
@@ -249,3 +250,24 @@ def test_app_compat_agrees_with_runners_compat(harness) -> None:
     kt = Path(__file__).resolve().parents[2] / "android_app/app/src/main/java/org/mpk/bench/contract/Compat.kt"
     newest = max(ORT_BUNDLED_ONNX, key=version_tuple).replace(".", ", ")
     assert f"NEWEST_TABULATED_ORT = intArrayOf({newest})" in kt.read_text()
+
+
+def test_app_int8_kernel_facts_agree_with_mpk_hostcpu(harness) -> None:
+    """The apps report the CPU's int8 features and ORT's kernel by mpk/hostcpu.py's rules (an x86 emulator
+    image on a host without VNNI saturates; a phone never does)."""
+    from mpk.hostcpu import CpuFacts, int8_kernel, parse_cpuinfo
+    from tests.unit.test_hostcpu import ARM64, EPYC_AVX2, XEON_VNNI
+
+    arm_plain = ARM64.replace(" asimddp", "")
+    cases = [(EPYC_AVX2, "x86_64"), (XEON_VNNI, "x86_64"), (ARM64, "arm64-v8a"), (arm_plain, "arm64-v8a")]
+    got = harness(*[{"op": "cpu_int8", "cpuinfo": text, "abi": abi} for text, abi in cases])
+    names = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm"}
+    for (text, abi), kt in zip(cases, got, strict=True):
+        _, flags = parse_cpuinfo(text)
+        features = sorted(
+            {names.get(f, f) for f in flags} & set(kt["features"]) | {names[f] for f in flags if f in names}
+        )
+        assert kt["features"] == features, (abi, kt)
+        want = int8_kernel(CpuFacts("cpu", "aarch64" if abi.startswith("arm64") else "x86_64", tuple(kt["features"])))
+        assert (kt["name"], kt["saturates"]) == (want.name, want.saturates), (abi, kt)
+    assert [k["name"] for k in got] == ["avx2", "amx", "arm64-udot", "arm64-neon"]

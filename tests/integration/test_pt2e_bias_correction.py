@@ -135,8 +135,12 @@ def test_exporter_report_and_a_fully_delegated_pte(tmp_path: Path) -> None:
     model = loaded(DWNet(), SHAPE, "dwnet", in_name="image")
     cal = calibration(SHAPE, n=16, seed=1)
     plain = ExecuTorchExporter(bias_correction=False).export(model, "int8", cal, tmp_path / "plain")
+    before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     fixed = ExecuTorchExporter().export(model, "int8", cal, tmp_path / "fixed")
     report = bias_reports(plain, fixed, layers=7, samples=16)
+    # the correction edits the converted graph's own copies of the biases, never the user's parameters
+    # (convert_pt2e shares the float bias tensors with the module; corrected in place, later exports changed)
+    assert report["applied"] and all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
     # only bias values move: the lowered program has the same ops, all in XNNPACK
     assert fixed.op_summary == plain.op_summary and fixed.delegation == plain.delegation
     assert fixed.delegation["fraction"] == 1.0

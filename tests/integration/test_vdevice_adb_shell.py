@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from mpk.errors import DeviceUnauthorized
+from mpk.files import sha256_file
 from runners.transport.adb_shell import AdbShellTransport
 from runners.transport.adbkey import ensure_key, public_key_line
-from runners.transport.base import sha256_file
 from runners.vdevice import protocol as P
 from runners.vdevice.server import VirtualDevice
 from tests.integration.vdevice_helpers import valid_spec, wait_done, write_runner

@@ -27,6 +27,7 @@ RESULT_BLOCKS = {
     "Runtimes": RESULT["properties"]["runner"]["properties"]["runtimes"],
     "Settings": RESULT["properties"]["settings"],
     "Device": RESULT["$defs"]["device_facts"],
+    "Int8Kernel": RESULT["$defs"]["device_facts"]["properties"]["int8_kernel"],
     "Artifact": RESULT["$defs"]["artifact_result"],
     "Error": RESULT["$defs"]["artifact_result"]["properties"]["error"],
     "Stats": RESULT["$defs"]["stats"],

@@ -163,3 +163,19 @@ def test_incomplete_run_never_passes() -> None:
     assert [c.verdict for c in out.checks[1:]] == ["pass"]
     failing = evaluate(doc, rules({"p90_ms": 1}))
     assert failing.exit_code == EXIT_CHECK_FAILED  # a failed budget still outranks it
+
+
+def test_onnx_int8_measured_on_a_saturating_int8_kernel_is_warned_about() -> None:
+    """A host cell of ONNX int8 on an x86 CPU without VNNI: its accuracy is that CPU's (mpk/hostcpu.py)."""
+    lat = samples(20.0, 200, seed=3)
+    avx2 = {"int8_kernel": {"name": "avx2", "saturates": True}, "cpu_features": ["avx2", "fma"]}
+    vnni = {"int8_kernel": {"name": "avx512-vnni", "saturates": False}, "cpu_features": ["avx2", "avx512_vnni"]}
+    cells = [cell("host", "onnx-int8", lat), cell("host", "executorch-int8", lat), cell("host", "onnx-fp32", lat)]
+    for c in cells:
+        c["device"] = {**c["device"], **avx2}
+    warned = evaluate(results(cells), rules({"device": "host", "p90_ms": 50})).warnings
+    assert [w for w in warned if "saturating" in w] == [w for w in warned if w.startswith("host/onnx-int8")]
+    assert len([w for w in warned if "saturating 16-bit pairs" in w]) == 1  # XNNPACK and float cells: no
+    for c in cells:
+        c["device"] = {**c["device"], **vnni}
+    assert not [w for w in evaluate(results(cells), rules({"device": "host", "p90_ms": 50})).warnings if "satur" in w]

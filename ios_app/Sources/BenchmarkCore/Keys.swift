@@ -56,6 +56,13 @@ public enum ResultKeys {
         public static let temperaturesCBefore = "temperatures_c_before"
         public static let temperaturesCAfter = "temperatures_c_after"
         public static let battery = "battery"
+        public static let cpuFeatures = "cpu_features"
+        public static let int8Kernel = "int8_kernel"
+    }
+
+    public enum Int8Kernel {
+        public static let name = "name"
+        public static let saturates = "saturates"
     }
 
     public enum Artifact {

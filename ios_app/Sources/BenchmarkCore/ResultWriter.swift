@@ -43,6 +43,8 @@ public struct DeviceFacts {
     public var manufacturer: String? = "Apple", soc: String? = nil, osVersion: String? = nil
     public var temperaturesBefore: [String: Double] = [:], temperaturesAfter: [String: Double] = [:]
     public var battery: [String: Any]? = nil
+    /// int8-relevant CPU features ("neon", "dotprod", "i8mm"; see CpuInt8); nil where unreadable
+    public var cpuFeatures: [String]? = nil
     public init() {}
 
     public func toJSON() -> [String: Any] {
@@ -56,6 +58,11 @@ public struct DeviceFacts {
             ResultKeys.Device.temperaturesCBefore: temperaturesBefore,
             ResultKeys.Device.temperaturesCAfter: temperaturesAfter,
             ResultKeys.Device.battery: battery ?? NSNull(),
+            ResultKeys.Device.cpuFeatures: cpuFeatures ?? NSNull(),
+            ResultKeys.Device.int8Kernel: cpuFeatures.map { features -> [String: Any] in
+                let k = CpuInt8.kernel(abi: abi, features: features)
+                return [ResultKeys.Int8Kernel.name: k.name, ResultKeys.Int8Kernel.saturates: k.saturates]
+            } ?? NSNull(),
         ]
     }
 }

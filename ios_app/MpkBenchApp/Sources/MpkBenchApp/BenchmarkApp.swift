@@ -39,6 +39,7 @@ enum Bench {
             facts.model = deviceModel()
             facts.osVersion = UIDevice.current.systemVersion
             facts.cores = ProcessInfo.processInfo.processorCount
+            facts.cpuFeatures = armFeatures()
             facts.battery = ["thermal_state": ProcessInfo.processInfo.thermalState.rawValue]
             let result = ResultWriter.build(spec: spec, version: "0.1.0", runtimes: host.versions,
                                             emulated: isSimulator(), device: facts, started: started,
@@ -69,4 +70,17 @@ enum Bench {
         let f = ISO8601DateFormatter(); f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return f.string(from: Date())
     }
+}
+
+/// int8-relevant arm64 features as the kernel reports them (sysctl hw.optional.arm.FEAT_*), mpk's names.
+func armFeatures() -> [String] {
+    func has(_ name: String) -> Bool {
+        var value: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        return sysctlbyname(name, &value, &size, nil, 0) == 0 && value == 1
+    }
+    var out = ["neon"]
+    if has("hw.optional.arm.FEAT_DotProd") { out.append("dotprod") }
+    if has("hw.optional.arm.FEAT_I8MM") { out.append("i8mm") }
+    return out.sorted()
 }

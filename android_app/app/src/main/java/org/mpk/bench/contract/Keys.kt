@@ -65,6 +65,14 @@ object ResultKeys {
         const val TEMPERATURES_C_BEFORE = "temperatures_c_before"
         const val TEMPERATURES_C_AFTER = "temperatures_c_after"
         const val BATTERY = "battery"
+        const val CPU_FEATURES = "cpu_features"
+        const val INT8_KERNEL = "int8_kernel"
+    }
+
+    /** $defs.device_facts.int8_kernel */
+    object Int8Kernel {
+        const val NAME = "name"
+        const val SATURATES = "saturates"
     }
 
     /** $defs.artifact_result */

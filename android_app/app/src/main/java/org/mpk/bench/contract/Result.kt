@@ -14,7 +14,10 @@ data class DeviceFacts(
     val hostCpu: String?,
     val temperaturesCBefore: Map<String, Double>,
     val temperaturesCAfter: Map<String, Double>,
-    val battery: Map<String, Any?>?
+    val battery: Map<String, Any?>?,
+    /** CPU features int8 kernels depend on and ORT's int8 kernel on them ([CpuInt8]); null where unreadable */
+    val cpuFeatures: List<String>? = null,
+    val int8Kernel: Pair<String, Boolean>? = null
 ) {
     fun toMap(): Map<String, Any?> = linkedMapOf(
         ResultKeys.Device.MODEL to model,
@@ -29,7 +32,11 @@ data class DeviceFacts(
         ResultKeys.Device.HOST_CPU to hostCpu,
         ResultKeys.Device.TEMPERATURES_C_BEFORE to temperaturesCBefore,
         ResultKeys.Device.TEMPERATURES_C_AFTER to temperaturesCAfter,
-        ResultKeys.Device.BATTERY to battery
+        ResultKeys.Device.BATTERY to battery,
+        ResultKeys.Device.CPU_FEATURES to cpuFeatures,
+        ResultKeys.Device.INT8_KERNEL to int8Kernel?.let {
+            linkedMapOf(ResultKeys.Int8Kernel.NAME to it.first, ResultKeys.Int8Kernel.SATURATES to it.second)
+        }
     )
 }
 

@@ -1,0 +1,92 @@
+"""This host and this process, as the pipeline needs them: CPU features that change numeric results, native
+libraries' output on fd 2, and one background worker for work that releases the GIL."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import queue
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+
+class Background:
+    """One daemon worker thread for work that releases the GIL (zstd). Daemon: Ctrl-C never waits for it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Future[Any], Callable[[], Any]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="mpk-background", daemon=True)
+            self._thread.start()
+        self._queue.put((fut, fn))
+        return fut
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fut, fn = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed to whoever waits on the future
+                fut.set_exception(e)
+
+    def close(self) -> None:
+        """Stop after the queued work; what is still queued or running is abandoned with the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+
+
+_CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512", "vnni", "amx", "asimd", "sve", "i8mm", "bf16")
+
+
+@functools.cache
+def cpu_fingerprint() -> str:
+    """The host's SIMD features that change float and int8 kernel results (AVX2 vs AVX-512 VNNI, ...)."""
+    import platform
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags.update(f for f in line.split(":", 1)[1].split() if f.startswith(_CPU_FEATURES))
+                break
+    except OSError:
+        pass
+    return platform.machine() + ":" + ",".join(sorted(flags))
+
+
+@contextlib.contextmanager
+def native_stderr_quiet(enabled: bool) -> Iterator[None]:
+    """Send what native libraries print straight to fd 2 (ExecuTorch's ``[cpuinfo_utils.cpp:100] Reading
+    file ...`` lines) to a scratch file while ``enabled``. Python exceptions pass through untouched."""
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (an embedding host): nothing to quiet
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
