@@ -96,6 +96,8 @@ def run_bench(
     if config.until_conclusive and not devices.budgets:
         raise UsageError("--until-conclusive needs a budgets: list in devices.yaml")
     bench_factory: Callable[..., Bench] = Bench
+    if config.ray is None and config.ray_allow_remote:
+        raise UsageError("--ray-allow-remote applies to --ray only")
     if config.ray is not None:  # checked before anything is written: a refused address leaves --out alone
         bench_factory = _ray_bench(config)
     staged = prepare(config.out, BENCH_OUTPUT, force=config.force)

@@ -77,6 +77,8 @@ def tune(**kw: object) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     executor = None
+    if kw["ray"] is None and (kw["max_concurrent"] or kw["ray_allow_remote"]):
+        raise UsageError("--max-concurrent and --ray-allow-remote apply to --ray only")
     if kw["ray"] is not None:  # checked before any model is loaded; Ray itself is imported only when trials start
         from mpk.raycluster import check_reachable, parse_address
         from packager.compress.tune_ray import RayTrials

@@ -214,14 +214,16 @@ def test_tune_on_ray_gives_the_local_trials_front_and_recipe(lab, driver_env: Lo
     """digits-cnn, prune {0, 0.5} x {fp32, int8}: locally, then each trial as a Ray task on the two workers.
 
     Everything but the measured latency is identical trial by trial (artifacts byte for byte), and so are the
-    Pareto front and the saved recipe. The floor is on cosine, which orders these four trials strictly with
-    size, so the front does not hang on latency ties (latency is measured, run to run, here as locally)."""
+    chosen trial and the saved recipe. The Pareto front is the same for the same latencies: latency is a
+    measurement, and where two trials' latencies tie within noise (here pruned fp32 and int8 differ by ~1 us)
+    two local runs can disagree on the front as well. So each run's front is recomputed with the local run's
+    latencies, over the floor's metric and over top-1 agreement, and compared."""
     from mpk.raycluster import parse_address
     from packager.compress.distill import DistillConfig
     from packager.compress.tune import TuneConfig, _pareto, run_tune, save_recipe
     from packager.compress.tune_ray import RayTrials
 
-    cfg = TuneConfig(model="digits-cnn", prune=(0.0, 0.5), schemes=("fp32", "int8"), floor={"cosine": 0.9},
+    cfg = TuneConfig(model="digits-cnn", prune=(0.0, 0.5), schemes=("fp32", "int8"), floor={"cosine": 0.85},
                      distill=DistillConfig(epochs=1, samples=128), calibration_count=16, eval_count=32,
                      latency_iters=3)  # fmt: skip
     local = run_tune(cfg, tmp_path / "local", progress=False)
@@ -230,22 +232,21 @@ def test_tune_on_ray_gives_the_local_trials_front_and_recipe(lab, driver_env: Lo
                       executor=RayTrials(parse_address(driver_env.address)))  # fmt: skip
     assert len(lines) == 4 and all(ln.strip().startswith("prune") for ln in lines)
     same = ("prune", "scheme", "status", "parameters", "size_bytes", "top1_agreement", "accuracy", "cosine",
-            "snr_db", "meets_floor", "pareto")  # fmt: skip
+            "snr_db", "meets_floor")  # fmt: skip
     for lt, rt in zip(local.trials, remote.trials, strict=True):
         assert lt.status == "ok", lt.error
         assert {k: getattr(lt, k) for k in same} == {k: getattr(rt, k) for k in same}
         assert Path(rt.artifact).read_bytes() == Path(lt.artifact).read_bytes()
         assert Path(rt.artifact).relative_to(tmp_path / "ray") == Path(lt.artifact).relative_to(tmp_path / "local")
-    assert [(t.prune, t.scheme) for t in remote.pareto] == [(t.prune, t.scheme) for t in local.pareto]
     assert (remote.chosen.prune, remote.chosen.scheme) == (local.chosen.prune, local.chosen.scheme)
     save_recipe(local, tmp_path / "local.yaml")
     save_recipe(remote, tmp_path / "ray.yaml")
     assert (tmp_path / "ray.yaml").read_bytes() == (tmp_path / "local.yaml").read_bytes()
-    # the front over top-1 agreement too, given the same latencies: the Ray trials carry what the local ones do
-    for t, lt in zip(remote.trials, local.trials, strict=True):
-        t.latency_ms = lt.latency_ms
-    ours = [dataclasses.replace(t) for t in remote.trials]
-    theirs = [dataclasses.replace(t) for t in local.trials]
-    _pareto(ours, "top1_agreement")
-    _pareto(theirs, "top1_agreement")
-    assert [t.pareto for t in ours] == [t.pareto for t in theirs]
+    for key in ("cosine", "top1_agreement"):
+        fronts = []
+        for trials in (local.trials, remote.trials):
+            copies = [dataclasses.replace(t, latency_ms=lt.latency_ms) for t, lt in zip(trials, local.trials,
+                                                                                          strict=True)]  # fmt: skip
+            _pareto(copies, key)
+            fronts.append([(t.prune, t.scheme) for t in copies if t.pareto])
+        assert fronts[0] == fronts[1] and fronts[0], key

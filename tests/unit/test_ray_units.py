@@ -266,3 +266,11 @@ def test_no_cluster_at_the_address_is_exit_4_before_anything_is_loaded(tmp_path:
         assert r.exit_code == 4, r.output
         assert "no Ray cluster answers at 127.0.0.1:1" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_only_flags_without_ray_are_usage_errors(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["tune", "--model", "digits-cnn", "--max-concurrent", "2"])
+    assert r.exit_code == 2 and "apply to --ray only" in r.output
+    r = CliRunner().invoke(main, ["bench", str(tmp_path / "m.json"), "--out", str(tmp_path / "o"),
+                                  "--ray-allow-remote", "--devices", str(REPO / "devices.yaml")])  # fmt: skip
+    assert r.exit_code == 2 and "--ray-allow-remote applies to --ray only" in r.output, r.output
