@@ -264,7 +264,8 @@ class RayBench(Bench):
             try:
                 hi, (plan, runtimes) = ray.get([hello, plan_ref], timeout=max(1.0, deadline - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                why = f"host {d.host} did not start the device's actor within {self.plan_timeout_s:.0f} s"
+                why = (f"host {d.host} did not start the device's actor within {self.plan_timeout_s:.0f} s "
+                       "(another mpk bench may be using the device)")  # fmt: skip
             except ray.exceptions.RayError as e:
                 why = f"host {d.host} could not take the device: {_ray_reason(e)}"
             else:

@@ -176,3 +176,37 @@ def fail(message: str) -> None:
 def dispatch(name: str, arg: object) -> object:
     """One task function for all of the above (run_tasks runs one function over many argument tuples)."""
     return globals()[name](arg)
+
+
+def listening_addresses(pids: list[int]) -> list[str]:
+    """The TCP addresses the processes ``pids`` listen on, as ``ip:port`` (Linux /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path("/proc") / str(pid) / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # the process is gone
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd_dir / fd)
+            except OSError:  # closed meanwhile (listdir's own descriptor, in this process)
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    out = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        for line in (Path("/proc/net") / table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = f[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))  # each 32-bit word little-endian
+            ip = ipaddress.ip_address(raw)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            out.append(f"{ip}:{int(hex_port, 16)}")
+    return out

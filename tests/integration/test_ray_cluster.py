@@ -132,6 +132,23 @@ def test_bench_runs_every_cell_on_the_host_that_owns_its_device(lab, driver_env:
     assert "@ worker-b" in r.stdout  # the final table says where each cell ran
 
 
+def test_every_ray_process_of_the_cluster_listens_on_loopback_only(lab) -> None:
+    """What `mpk agent` started on loopback binds 127.0.0.1 (or ::1) only: Ray 2.60 alone would listen on every
+    interface (module docstring of mpk/raycluster.py). Read from the kernel's socket tables."""
+    from tests.integration.ray_helpers import descendants, listening_addresses
+
+    cluster: LocalCluster = lab["cluster"]
+    pids = [pid for p in cluster.procs.values() if p.poll() is None for pid in (p.pid, *descendants(p.pid))]
+    addresses = listening_addresses(pids)
+    assert any(a.endswith(f":{cluster.address.rsplit(':', 1)[1]}") for a in addresses), addresses  # the GCS
+    assert len(addresses) >= 5, addresses  # GCS, and each node's raylet and object manager at least
+    assert all(a.startswith(("127.0.0.1:", "::1:")) for a in addresses), addresses
+    import socket
+
+    with socket.create_server(("0.0.0.0", 0)) as s:  # the check sees a socket open to the network
+        assert f"0.0.0.0:{s.getsockname()[1]}" in listening_addresses([os.getpid()])
+
+
 def test_a_host_that_drops_out_fails_only_its_own_cells(lab, driver_env: LocalCluster, tmp_path: Path):
     """worker-b loses power in the middle of its second cell (its agent, node and actor processes and its phone
     SIGKILLed one second into the cell): that cell and the next fail with the reason, worker-a's all finish, and
