@@ -164,7 +164,11 @@ class DeviceOwner:
                  fallback: Fallback, overrides: dict[str, Any], timeout_s: float) -> None:  # fmt: skip
         import ray
 
-        self.root = Path(tempfile.mkdtemp(prefix=f"mpk-ray-{run_id}-"))
+        from runners.emulator import state_dir
+
+        cells = state_dir() / "ray-cells"  # a killed actor leaves its folder here, not scattered over /tmp
+        cells.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=cells))
         self.package = self.root / "package"
         receive(self.package, package, ray.get)
         self.bench = Bench(self.package / manifest_rel, config, self.root / "out", fallback=fallback,
