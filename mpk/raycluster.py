@@ -146,9 +146,13 @@ def connect(address: RayAddress | None, *, num_cpus: int | None = None, object_s
         ray.shutdown()
     common: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
-        if address is None:
+        if address is None:  # its session folder is its own, and goes with it (disconnect)
+            import tempfile
+
+            _PRIVATE_TEMP.append(tempfile.mkdtemp(prefix="mpk-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
             return _init(ray, num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                         object_store_memory=object_store_mb * 2**20, **common)  # fmt: skip
+                         object_store_memory=object_store_mb * 2**20, _temp_dir=_PRIVATE_TEMP[-1],
+                         **common)  # fmt: skip
         check_reachable(address)
         return _init(ray, address=str(address), **common)
     except InfraError:
@@ -171,11 +175,17 @@ def disconnect() -> None:
         else:
             os.environ[k] = v
     _SAVED.clear()
+    import shutil
+
+    while _PRIVATE_TEMP:
+        shutil.rmtree(_PRIVATE_TEMP.pop(), ignore_errors=True)
 
 
 #: environment variables :func:`connect` may set, and their values before it did
 _ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", LOOPBACK_SWITCH, "RAY_USAGE_STATS_ENABLED")
 _SAVED: dict[str, str | None] = {}
+#: the session folder of a private instance (short, under /tmp: Ray's unix sockets must fit in 107 bytes)
+_PRIVATE_TEMP: list[str] = []
 
 
 def _private_token() -> None:

@@ -267,3 +267,27 @@ def test_tune_on_ray_gives_the_local_trials_front_and_recipe(lab, driver_env: Lo
             _pareto(copies, key)
             fronts.append([(t.prune, t.scheme) for t in copies if t.pareto])
         assert fronts[0] == fronts[1] and fronts[0], key
+
+
+def test_a_bare_ray_flag_runs_on_a_private_instance_that_writes_no_token(tmp_path: Path, monkeypatch) -> None:
+    """`mpk tune --ray` without an address: a Ray instance of its own on loopback, with a token of its own that
+    only its processes know (Ray 2.60 would write one to ~/.ray/auth_token), gone after disconnect()."""
+    from mpk.raycluster import connect, disconnect
+    from packager.compress.tune_ray import run_tasks
+    from tests.integration import ray_helpers as h
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    ray = connect(None, num_cpus=1)
+    session = Path(ray.get_runtime_context().get_temp_dir())
+    try:
+        assert os.environ["RAY_AUTH_MODE"] == "token" and len(os.environ["RAY_AUTH_TOKEN"]) == 64
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        out = run_tasks(h.dispatch, [("square", 5)], num_cpus=1, max_concurrent=1, timeout_s=120)
+    finally:
+        disconnect()
+    assert [(o.status, o.value) for o in out] == [("ok", 25)]
+    assert "RAY_AUTH_TOKEN" not in os.environ and not ray.is_initialized()
+    assert not (tmp_path / ".ray").exists()
+    assert session.name.startswith("mpk-ray-") and not session.exists(), session
