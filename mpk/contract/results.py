@@ -9,7 +9,10 @@ Version 2 (this one) added to version 1:
 * ``cells[].outcome`` (required): the typed outcome; ``status`` stays as its coarse form;
 * ``matrix`` (required): the device ids and artifact ids the run set out to measure, so a reader can
   tell a missing cell from one that was never planned;
-* ``upgraded_from`` (optional): set on a file read from an older version.
+* ``upgraded_from`` (optional): set on a file read from an older version;
+* ``cells[].where`` (optional, ``mpk bench --ray`` only): the agent host, Ray node and process that ran the
+  cell. A run on one machine writes none, so its files read as before everywhere; a ``--ray`` file needs an
+  mpk that knows the key.
 
 Version 1 files are still read: :func:`read_results` upgrades them once, on load. Their outcome comes
 from ``status`` and the runner's typed ``error.kind``; the one thing version 1 kept only in prose is a
