@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("packager.compress.cli:tune", "Search prune/quantize recipes under an accuracy floor."),
     "bench": ("runners.cli:bench", "Benchmark a manifest's artifacts on the devices in devices.yaml."),
     "devices": ("runners.cli:devices", "Validate devices.yaml and show which devices are reachable."),
+    "agent": ("runners.ray_cli:agent", "Join a Ray cluster as this host and own its devices (mpk bench --ray)."),
     "emulator": ("runners.vdevice.cli:emulator", "Start, stop or list emulators and mpk's virtual Android device."),
     "gate": ("runners.gate.cli:gate", "Pass or fail a results file against budgets and history."),
     "history": ("runners.gate.cli:history", "Show the stored trend for a device and artifact."),

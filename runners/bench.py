@@ -11,11 +11,14 @@ Around the matrix (:func:`runners.matrix.run_matrix`) it owns what a run means t
 * ``until_conclusive`` re-measures cells whose latency budget check is inconclusive
   (:mod:`runners.gate.conclusive`) before the folder is swapped in;
 * the exit code: 0 when every cell ran or was skipped, 4 when any cell failed, had no runtime, or lost
-  its device (the reason is in the cell), 2 for a bad flag, manifest or devices.yaml.
+  its device (the reason is in the cell), 2 for a bad flag, manifest or devices.yaml;
+* with ``ray`` set, each device's cells run on the Ray agent of its host (:mod:`runners.ray_matrix`);
+  Ray is imported only then.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from mpk.contract import Outcome, Results, write_results
 from mpk.errors import EXIT_INFRA, EXIT_OK, Interrupted, UsageError
 from mpk.outdir import OutputKind, prepare
 from runners.config import load_devices
-from runners.matrix import Fallback, ProgressFn, describe_plan, run_matrix
+from runners.matrix import Bench, Fallback, ProgressFn, describe_plan, run_matrix
 
 #: a bench output folder mpk wrote (also recognised without its marker, from before the marker existed)
 BENCH_OUTPUT = OutputKind("bench", {"results.json": "mpk.results/", "work": None})
@@ -51,6 +54,10 @@ class BenchConfig:
     until_conclusive: bool = False
     #: replace an --out that holds files mpk did not write (they are kept in OUT.prev)
     force: bool = False
+    #: a Ray cluster's HOST:PORT: run each device's cells on the agent of its host (devices.yaml ``host:``)
+    ray: str | None = None
+    #: accept a ``ray`` address that is not loopback (a Ray port lets whoever reaches it run code)
+    ray_allow_remote: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The run settings the flags override (RunSettings field names)."""
@@ -88,6 +95,11 @@ def run_bench(
     devices = load_devices(config.devices_file)
     if config.until_conclusive and not devices.budgets:
         raise UsageError("--until-conclusive needs a budgets: list in devices.yaml")
+    bench_factory: Callable[..., Bench] = Bench
+    if config.ray is None and config.ray_allow_remote:
+        raise UsageError("--ray-allow-remote applies to --ray only")
+    if config.ray is not None:  # checked before anything is written: a refused address leaves --out alone
+        bench_factory = _ray_bench(config)
     staged = prepare(config.out, BENCH_OUTPUT, force=config.force)
     partial = staged.staging / "results.json"
     try:
@@ -95,7 +107,7 @@ def run_bench(
                              only_devices=list(config.only_devices) or None,
                              only_artifacts=list(config.only_artifacts) or None, overrides=config.overrides(),
                              progress=progress, virtual_factory=virtual_factory,
-                             devices_file=str(config.devices_file))  # fmt: skip
+                             devices_file=str(config.devices_file), bench_factory=bench_factory)  # fmt: skip
         if config.until_conclusive:
             from runners.gate.conclusive import remeasure_inconclusive
 
@@ -117,3 +129,15 @@ def run_bench(
     return BenchOutcome(results=results, results_path=Path(config.out) / "results.json",
                         exit_code=EXIT_INFRA if failed else EXIT_OK, summary=summary, previous=previous,
                         failed=failed)  # fmt: skip
+
+
+def _ray_bench(config: BenchConfig) -> Callable[..., Bench]:
+    from mpk.raycluster import check_reachable, parse_address
+
+    address = parse_address(config.ray or "", allow_remote=config.ray_allow_remote)
+    if config.until_conclusive:
+        raise UsageError("--until-conclusive re-measures on this machine; it does not combine with --ray")
+    check_reachable(address)
+    from runners.ray_matrix import RayBench
+
+    return functools.partial(RayBench, address=address)

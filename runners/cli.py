@@ -31,9 +31,12 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
         acc_s = "-"
     word = cell["outcome"].replace("_", " ")
     status = word if not cell.get("error") else f"{word}: {cell['error'][:80]}"
+    ran_on = cell.get("ran_on") or "-"
+    if cell.get("where"):  # mpk bench --ray: the host whose agent ran it
+        ran_on += f" @ {cell['where']['host']}"
     return [
         cell["device_id"],
-        cell.get("ran_on") or "-",
+        ran_on,
         "yes" if cell["emulated"] else "no",
         cell["artifact_id"],
         _fmt(st.get("p50_ms")),
@@ -100,11 +103,19 @@ def render_cells(cells: list[dict[str, Any]]) -> None:
     help="Re-measure cells whose latency budget check is inconclusive (needs budgets in devices.yaml).",
 )
 @click.option("--force", is_flag=True, help="Replace an --out that holds files mpk did not write (kept as OUT.prev).")
+@click.option("--ray", "ray_address", metavar="HOST:PORT",
+              help="Run each device's cells on the `mpk agent` of its host (devices.yaml host:) in this Ray "
+                   "cluster. Loopback unless --ray-allow-remote.")  # fmt: skip
+@click.option(
+    "--ray-allow-remote",
+    is_flag=True,
+    help="Allow a --ray address that is not loopback (trusted networks only: Ray's port runs any code).",
+)
 @click.pass_context
 def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path, fallback: str | None,
           only_devices: tuple[str, ...], only_artifacts: tuple[str, ...], iterations: int | None,
           min_seconds: float | None, warmup: int | None, threads: int | None, cooldown: float | None, dry_run: bool,
-          until_conclusive: bool, force: bool) -> None:  # fmt: skip
+          until_conclusive: bool, force: bool, ray_address: str | None, ray_allow_remote: bool) -> None:  # fmt: skip
     """Benchmark MANIFEST's artifacts on the devices in devices.yaml; write OUT/results.json.
 
     OUT is replaced only when the run ends (the previous one is kept as OUT.prev); Ctrl-C leaves it as it
@@ -117,13 +128,25 @@ def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path,
     config = BenchConfig(manifest=manifest, out=out_dir, devices_file=devices_file, fallback=fallback,  # type: ignore[arg-type]
                          only_devices=only_devices, only_artifacts=only_artifacts, iterations=iterations,
                          min_seconds=min_seconds, warmup=warmup, threads=threads, cooldown=cooldown,
-                         until_conclusive=until_conclusive, force=force)  # fmt: skip
+                         until_conclusive=until_conclusive, force=force, ray=ray_address,
+                         ray_allow_remote=ray_allow_remote)  # fmt: skip
     if dry_run:
         from runners.matrix import dump
 
         click.echo(dump(plan_bench(config)))
         return
-    outcome = run_bench(config, progress=_progress(), log=lambda m: click.echo(m, err=True))
+    progress, live = _progress(), None
+    if ray_address is not None:  # one live table of the cells by host and device
+        from mpk.raycluster import check_reachable, parse_address
+        from runners.ray_cli import LiveTable
+
+        check_reachable(parse_address(ray_address, allow_remote=ray_allow_remote))  # exit 2 / 4 before anything
+        progress = live = LiveTable(plan_bench(config))
+    try:
+        outcome = run_bench(config, progress=progress, log=lambda m: click.echo(m, err=True))
+    finally:
+        if live is not None:
+            live.stop()
     render_cells(outcome.results["cells"])
     click.echo(f"results: {outcome.results_path}")
     if outcome.previous is not None:

@@ -17,11 +17,13 @@ Example (the repo root ships a complete one)::
       - {id: host, kind: host}
       - {id: pixel-7, kind: android, serial: 28121FDH2000AB, transport: adb_server}
       - {id: virtual-android, kind: emulator}
+      - {id: pixel-8, kind: android, serial: 37241FDJH00C5X, host: lab-2}   # attached to lab-2 (mpk bench --ray)
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,6 +80,8 @@ class DeviceSpec:
     threads: int | None = None
     cpu_affinity: tuple[int, ...] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    #: the machine the device hangs off, as its ``mpk agent --host`` names it; only ``mpk bench --ray`` reads it
+    host: str | None = None
 
     @property
     def is_virtual(self) -> bool:
@@ -96,6 +100,8 @@ class DeviceSpec:
         d = {k: getattr(self, k) for k in ("id", "kind", "runner", "transport", "serial", "address", "threads")}
         d["cpu_affinity"] = list(self.cpu_affinity) if self.cpu_affinity is not None else None
         d["facts"] = dict(self.facts)
+        if self.host is not None:  # only when set: a file without hosts describes its devices as before
+            d["host"] = self.host
         return d
 
 
@@ -169,7 +175,9 @@ def _name(p: Problems, value: str | None, known: list[str] | tuple[str, ...], wh
 
 _DEFAULT_KEYS = ("warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "cooldown_s",
                  "thermal_limit_c", "threads", "cpu_affinity")  # fmt: skip
-_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts")
+_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts", "host")
+#: a host name: letters, digits, '.', '_', '-', at most 63 characters (it becomes a Ray node label's value)
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 #: facts a device entry may pin (the runner result's device_facts, minus what is measured per run)
 _FACT_KEYS = ("model", "manufacturer", "soc", "abi", "os", "os_version", "cores", "governor", "cpu_max_freq_khz")
 
@@ -225,6 +233,9 @@ def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transpo
             p.append(f"{where}.address: expected 'host:port', got {address!r}")
     threads = _int(p, raw, "threads", where, minimum=1)
     affinity = _affinity(p, raw, where)
+    host = _str(p, raw, "host", where)
+    if host is not None and not HOST_NAME.fullmatch(host):
+        p.append(f"{where}.host: expected a host name (letters, digits, '.', '_', '-'; at most 63), got {host!r}")
     facts = raw.get("facts") or {}
     if not isinstance(facts, dict):
         p.append(f"{where}.facts: expected a mapping, got {facts!r}")
@@ -244,6 +255,7 @@ def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transpo
         threads=threads,
         cpu_affinity=affinity,
         facts=dict(facts),
+        host=host,
     )
 
 

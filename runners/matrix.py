@@ -15,6 +15,11 @@ Scheduling rules, and why:
 * a device that fails mid-run fails its own cells; the others finish; and
   results.json is rewritten after every cell, so an interrupted run still
   leaves a valid file with what finished.
+
+:class:`Bench` measures one cell (:meth:`Bench.run_cell`); :func:`run_matrix` runs the threads, the
+records and the file around it. ``mpk bench --ray`` passes a :class:`Bench` subclass
+(:mod:`runners.ray_matrix`) whose cells run, through this same ``run_cell``, on the agent host that
+owns each device; the matrix around them is this one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +50,7 @@ from mpk.contract import (
     write_results,
 )
 from mpk.errors import DeviceError, MpkError, UsageError
-from runners.compat import refuse_incompatible
+from runners.compat import device_runtimes, refuse_incompatible
 from runners.config import DevicesConfig
 from runners.devices import DeviceSpec, RunSettings
 from runners.drivers import Driver, get_driver
@@ -164,6 +170,8 @@ class Bench:
         overrides: dict[str, Any] | None = None,
         virtual_factory: Callable[[], tuple[str, Callable[[], None]]] | None = None,
         timeout_s: float = 3600,
+        host_lock: AbstractContextManager | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.manifest_path = Path(manifest_path).resolve()
         self.manifest: Manifest = read_manifest(self.manifest_path)
@@ -173,7 +181,8 @@ class Bench:
         self.work = self.out_dir / "work"
         self.fallback: Fallback = resolve_fallback(fallback)
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        self.host_lock = threading.Lock()
+        #: held while a cell that times on this machine's CPU runs (the host and every emulated device)
+        self.host_lock: AbstractContextManager = host_lock or threading.Lock()
         self.timeout_s = timeout_s
         self._virtual_factory = virtual_factory
         self._virtual: DeviceSpec | None = None
@@ -182,7 +191,7 @@ class Bench:
         self._drivers: dict[tuple[str, str], Driver] = {}
         self._drivers_lock = threading.Lock()
         self.reference = write_reference(self.manifest, self.manifest_dir, self.work / "reference")
-        self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
     # -- devices --------------------------------------------------------------------------------------------------
     def settings_for(self, device: DeviceSpec) -> RunSettings:
@@ -219,6 +228,18 @@ class Bench:
             return Plan(device, self.virtual_device(), True)
         except MpkError as e:
             return Plan(device, None, False, f"device absent ({probe.detail}) and no virtual device: {e.message}")
+
+    def plan_all(self, devices: Iterable[DeviceSpec]) -> dict[str, Plan]:
+        """Every device's plan (a device that cannot be planned is skipped with the reason)."""
+        return {d.id: _plan_or_skip(self, d) for d in devices}
+
+    def runtimes_of(self, target: DeviceSpec) -> dict[str, str] | None:
+        """The runtimes ``target`` reports (:func:`runners.compat.device_runtimes`), for the pre-flight refusal."""
+        return device_runtimes(target)
+
+    def extra_config(self) -> dict[str, Any]:
+        """What this kind of run adds to results.json's ``config`` (nothing for a run on this machine)."""
+        return {}
 
     def driver(self, name: str, device_id: str) -> Driver:
         """One driver instance per runner and device for the whole run, so :meth:`cancel` reaches every cell in
@@ -381,6 +402,7 @@ def _results_doc(bench: Bench, devices_file: str | None, devices: list[DeviceSpe
             "defaults": bench.config.defaults.to_dict(),
             "overrides": bench.overrides,
             "devices": [d.to_dict() for d in bench.config.devices],
+            **bench.extra_config(),
         },
         "environment": environment(),
         "matrix": {"devices": [d.id for d in devices], "artifacts": [a["id"] for a in arts]},
@@ -421,6 +443,7 @@ def run_matrix(
     progress: ProgressFn | None = None,
     virtual_factory: Callable[[], tuple[str, Callable[[], None]]] | None = None,
     devices_file: str | None = None,
+    bench_factory: Callable[..., Bench] = Bench,
 ) -> dict:
     """Benchmark every selected (device, artifact) cell; write ``out_dir/results.json`` after each and return it.
 
@@ -431,16 +454,17 @@ def run_matrix(
     On KeyboardInterrupt the runner processes of the cells in flight are killed, the file is written
     one last time (``complete: false``, the finished cells only) and the interrupt propagates.
     :func:`runners.bench.run_bench` is the whole ``mpk bench`` around this (output folder, exit code).
+    ``bench_factory`` makes the :class:`Bench` (called like it): where the cells run.
     """
     ov = dict(overrides or {})
     if iterations_override is not None:
         ov["min_iterations"] = iterations_override
-    bench = Bench(manifest_path, devices_config, out_dir, fallback=fallback, overrides=ov,
-                  virtual_factory=virtual_factory)  # fmt: skip
-    devices, arts = select(devices_config, bench.manifest, only_devices, only_artifacts)
+    bench = bench_factory(manifest_path, devices_config, out_dir, fallback=fallback, overrides=ov,
+                          virtual_factory=virtual_factory)  # fmt: skip
     try:  # plan every device, then refuse (exit 2) what its runtime cannot load, before anything is pushed
-        plans = {d.id: _plan_or_skip(bench, d) for d in devices}
-        refuse_incompatible(plans.values(), arts)
+        devices, arts = select(devices_config, bench.manifest, only_devices, only_artifacts)
+        plans = bench.plan_all(devices)
+        refuse_incompatible(plans.values(), arts, report=bench.runtimes_of)
     except BaseException:
         bench.close()
         raise

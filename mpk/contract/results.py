@@ -9,7 +9,10 @@ Version 2 (this one) added to version 1:
 * ``cells[].outcome`` (required): the typed outcome; ``status`` stays as its coarse form;
 * ``matrix`` (required): the device ids and artifact ids the run set out to measure, so a reader can
   tell a missing cell from one that was never planned;
-* ``upgraded_from`` (optional): set on a file read from an older version.
+* ``upgraded_from`` (optional): set on a file read from an older version;
+* ``cells[].where`` (optional, ``mpk bench --ray`` only): the agent host, Ray node and process that ran the
+  cell. A run on one machine writes none, so its files read as before everywhere; a ``--ray`` file needs an
+  mpk that knows the key.
 
 Version 1 files are still read: :func:`read_results` upgrades them once, on load. Their outcome comes
 from ``status`` and the runner's typed ``error.kind``; the one thing version 1 kept only in prose is a
@@ -23,7 +26,7 @@ import copy
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from mpk.contract.runner import ArtifactResult, ErrorKind
 from mpk.contract.schema import check
@@ -104,6 +107,8 @@ class Cell(TypedDict):
     started_utc: str | None
     finished_utc: str | None
     result: ArtifactResult | None
+    #: ``mpk bench --ray`` only: {"host", "node_id", "pid"} of the agent that ran it
+    where: NotRequired[dict[str, Any]]
 
 
 class Matrix(TypedDict):

@@ -54,10 +54,16 @@ def _floor(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--save-recipe", type=click.Path(path_type=Path), help="Write the chosen recipe as YAML.")
 @click.option("--replay", type=click.Path(path_type=Path), help="Re-run a saved recipe's single trial.")
 @click.option("--json", "as_json", is_flag=True, help="Print the trials as JSON instead of a table.")
+@click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[HOST:PORT]",
+              help="Run each trial as a Ray task: on the cluster at HOST:PORT, or alone on a private Ray instance "
+                   "here. Loopback unless --ray-allow-remote.")  # fmt: skip
+@click.option("--ray-allow-remote", is_flag=True, help="Allow a --ray address that is not loopback (trusted networks).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), help="With --ray: trials at once (default: CPUs/threads)")
 def tune(**kw: object) -> None:
     """Search prune ratio x scheme under an accuracy floor; print the Pareto front and the chosen recipe.
 
-    Exit codes: 0 a recipe met the floor; 1 no trial met it; 2 bad flags; 5 model error.
+    Exit codes: 0 a recipe met the floor; 1 no trial met it; 2 bad flags; 4 Ray missing or unreachable;
+    5 model error.
     """
     import dataclasses
     import json
@@ -70,6 +76,17 @@ def tune(**kw: object) -> None:
     # torch/executorch deprecation chatter would bury the trial lines; errors still surface
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    executor = None
+    if kw["ray"] is None and (kw["max_concurrent"] or kw["ray_allow_remote"]):
+        raise UsageError("--max-concurrent and --ray-allow-remote apply to --ray only")
+    if kw["ray"] is not None:  # checked before any model is loaded; Ray itself is imported only when trials start
+        from mpk.raycluster import check_reachable, parse_address
+        from packager.compress.tune_ray import RayTrials
+
+        address = parse_address(str(kw["ray"]), allow_remote=bool(kw["ray_allow_remote"])) if kw["ray"] else None
+        if address is not None:
+            check_reachable(address)  # exit 4 now, not after the model and data are loaded
+        executor = RayTrials(address=address, max_concurrent=kw["max_concurrent"])  # type: ignore[arg-type]
     floor = _floor(kw["floor"])  # type: ignore[arg-type]
     prune = _floats(kw["prune"], "prune")  # type: ignore[arg-type]
     schemes = tuple(s.strip() for s in str(kw["schemes"]).split(",") if s.strip()) if kw["schemes"] else None
@@ -99,7 +116,8 @@ def tune(**kw: object) -> None:
             if v is not None:
                 args[k] = v
         cfg = TuneConfig(**args)  # type: ignore[arg-type]
-    res = run_tune(cfg, kw["out"], progress=not kw["as_json"], echo=None if kw["as_json"] else click.echo)  # type: ignore[arg-type]
+    res = run_tune(cfg, kw["out"], progress=not kw["as_json"], echo=None if kw["as_json"] else click.echo,  # type: ignore[arg-type]
+                   executor=executor)  # fmt: skip
     if kw["as_json"]:
         click.echo(
             json.dumps(

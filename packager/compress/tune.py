@@ -174,8 +174,13 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = True, echo: Any = None) -> TuneResult:
-    """Run every (prune ratio, scheme) trial and pick the recipe. ``echo(str)`` receives one line per trial."""
+def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = True, echo: Any = None,
+             executor: Any = None) -> TuneResult:  # fmt: skip
+    """Run every (prune ratio, scheme) trial and pick the recipe. ``echo(str)`` receives one line per trial.
+
+    ``executor`` runs the trials elsewhere: ``executor.run(cfg, [(ratio, scheme), ...], work, echo)`` returns
+    one Trial per pair, in that order (``mpk tune --ray``: :class:`packager.compress.tune_ray.RayTrials`).
+    """
     import tempfile
 
     import numpy as np
@@ -209,7 +214,9 @@ def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = T
         fp32_acc = float(np.mean([r[0].argmax() == y for r, y in zip(ref, ev.labels, strict=True)]))
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="mpk-tune-"))
     trials: list[Trial] = []
-    for ratio in cfg.prune:
+    if executor is not None:  # elsewhere, each trial on its own: the loop below, on a one-trial grid
+        trials = executor.run(cfg, [(r, s) for r in cfg.prune for s in schemes], work, echo)
+    for ratio in cfg.prune if executor is None else ():
         compressed = None
         for scheme in schemes:
             t = Trial(prune=ratio, scheme=scheme)

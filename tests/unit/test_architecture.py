@@ -8,13 +8,14 @@ on the way is not counted (the packages keep their ``__init__`` light for exactl
 
 The layers, bottom to top (a module may import its own layer and those below):
 
-1. **foundation** (``mpk``): errors, registries, text/YAML I/O, output folders, the metrics and the
-   file-format contract. Both halves and the apps' tests stand on it; it imports neither half.
+1. **foundation** (``mpk``): errors, registries, text/YAML I/O, output folders, the metrics, the
+   file-format contract, and the Ray connection both halves' ``--ray`` use. Both halves and the apps'
+   tests stand on it; it imports neither half.
 2. **packager**: model -> artifacts.
 3. **runners.base**: leaves every runner module may use: statistics, memory, device facts, the
    environment, devices.yaml's device entries, the budgets parser.
 4. **runners.measure**: transports, the virtual device, drivers, the host runner, devices.yaml as a
-   whole, the matrix.
+   whole, the matrix, and the matrix across hosts on Ray (its actors and ``mpk agent``'s node).
 5. **runners.judge**: the gate and its reports (``--until-conclusive`` measures through the matrix).
 6. **runners.bench**: ``mpk bench`` as a library call (the matrix plus the gate's re-measuring loop).
 7. **cli**: the Click commands; ``mpk.cli`` names them by string and imports none.
@@ -39,18 +40,19 @@ PACKAGES = ("mpk", "packager", "runners")
 #: (layer, module patterns); the most specific pattern (exact name, then longest glob) places a module
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["mpk", "mpk.errors", "mpk.registry", "mpk.textio", "mpk.yamlio", "mpk.outdir", "mpk.metrics",
-                    "mpk.hostcpu", "mpk.runtimes", "mpk.files", "mpk.contract", "mpk.contract.*"]),
+                    "mpk.hostcpu", "mpk.runtimes", "mpk.files", "mpk.raycluster", "mpk.contract",
+                    "mpk.contract.*"]),
     ("packager", ["packager", "packager.*"]),
     ("runners.base", ["runners", "runners.stats", "runners.memory", "runners.devicefacts", "runners.environment",
                       "runners.devices", "runners.gate.budgets"]),
     ("runners.measure", ["runners.transport", "runners.transport.*", "runners.vdevice", "runners.vdevice.*",
                          "runners.drivers", "runners.drivers.*", "runners.host_runner", "runners.emulator",
-                         "runners.config", "runners.compat", "runners.matrix", "runners.apps",
-                         "runners.apps.android_build"]),
+                         "runners.config", "runners.compat", "runners.matrix", "runners.ray_matrix",
+                         "runners.ray_agent", "runners.apps", "runners.apps.android_build"]),
     ("runners.judge", ["runners.gate", "runners.gate.*", "runners.report", "runners.report.*"]),
     ("runners.bench", ["runners.bench"]),
     ("cli", ["mpk.cli", "mpk.__main__", "packager.cli", "packager.compress.cli", "runners.cli", "runners.gate.cli",
-             "runners.vdevice.cli", "runners.vdevice.__main__", "runners.apps.cli"]),
+             "runners.vdevice.cli", "runners.vdevice.__main__", "runners.apps.cli", "runners.ray_cli"]),
 ]  # fmt: skip
 
 #: the only imports of packager from runners (see the module docstring)
