@@ -101,7 +101,8 @@ class ArtifactCache:
             meta = json.loads(meta_path.read_text())
             a = meta["artifact"]
             out_dir.mkdir(parents=True, exist_ok=True)
-            names = [a["path"], *a["extra_files"]]
+            profiling = a.get("profiling_files") or {}
+            names = [a["path"], *a["extra_files"], *profiling.values()]
             for name in names:
                 src, dst = entry / "files" / name, out_dir / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +126,7 @@ class ArtifactCache:
             delegation=a["delegation"],
             op_summary=a["op_summary"],
             details=a["details"],
+            profiling_files={k: out_dir / p for k, p in profiling.items()},
         )
         return art, meta.get("extra", {})
 
@@ -135,15 +137,18 @@ class ArtifactCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            rel = [p.relative_to(base).as_posix() for p in [artifact.path, *artifact.extra_files]]
-            for p, r in zip([artifact.path, *artifact.extra_files], rel, strict=True):
+            kinds = list(artifact.profiling_files)
+            files = [artifact.path, *artifact.extra_files, *artifact.profiling_files.values()]
+            rel = [p.relative_to(base).as_posix() for p in files]
+            for p, r in zip(files, rel, strict=True):
                 dst = tmp / "files" / r
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(p, dst) if p.is_dir() else shutil.copy2(p, dst)
             d = asdict(artifact)
             d.update(
                 path=rel[0],
-                extra_files=rel[1:],
+                extra_files=rel[1 : len(rel) - len(kinds)],
+                profiling_files=dict(zip(kinds, rel[len(rel) - len(kinds) :], strict=True)),
                 inputs=[_spec_to_dict(s) for s in artifact.inputs],
                 outputs=[_spec_to_dict(s) for s in artifact.outputs],
             )

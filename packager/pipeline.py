@@ -269,12 +269,14 @@ def _export_one(
             extra["compressed_size_bytes"] = mf.compressed_size(art.path)
             artifact_cache.put(key, art, tmp, extra)
         rel_main, *rel_extra = _rel([art.path, *art.extra_files], tmp)
+        rel_profiling = dict(zip(art.profiling_files, _rel(list(art.profiling_files.values()), tmp), strict=True))
         final = staging / art_id
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    art = dataclasses.replace(art, path=final / rel_main, extra_files=[final / p for p in rel_extra])
+    art = dataclasses.replace(art, path=final / rel_main, extra_files=[final / p for p in rel_extra],
+                              profiling_files={k: final / p for k, p in rel_profiling.items()})  # fmt: skip
     return art, cached, extra
 
 
@@ -300,8 +302,16 @@ def _artifact_entry(art: ExportedArtifact, base: Path, extra: dict[str, Any]) ->
         "delegation": delegation,
         "op_summary": dict(art.op_summary),
         "details": _jsonable(art.details),
+        **_profiling_entry(art, base),
         "runtime": runtime_requirements(art.backend, art.path),  # what a device must run (runners/compat.py)
     }
+
+
+def _profiling_entry(art: ExportedArtifact, base: Path) -> dict[str, Any]:
+    """``{"profiling": {kind: file entry}}`` for the files that map a profile to the source (none: nothing)."""
+    files = {k: {"path": p.relative_to(base).as_posix(), "sha256": mf.sha256_path(p), "size_bytes": mf.size_path(p)}
+             for k, p in art.profiling_files.items() if p.exists()}  # fmt: skip
+    return {"profiling": files} if files else {}
 
 
 def _jsonable(obj: Any) -> Any:

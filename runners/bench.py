@@ -51,11 +51,14 @@ class BenchConfig:
     until_conclusive: bool = False
     #: replace an --out that holds files mpk did not write (they are kept in OUT.prev)
     force: bool = False
+    #: a profiled pass per artifact after its timed loop, on every device (devices.yaml ``profile: true`` per device)
+    profile: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The run settings the flags override (RunSettings field names)."""
         return {"min_iterations": self.iterations, "min_seconds": self.min_seconds, "warmup_iterations": self.warmup,
-                "threads": self.threads, "cooldown_s": self.cooldown}  # fmt: skip
+                "threads": self.threads, "cooldown_s": self.cooldown,
+                "profile": True if self.profile else None}  # fmt: skip
 
 
 @dataclass

@@ -47,10 +47,12 @@ class RunSettings:
     thermal_limit_c: float | None = 45.0
     threads: int = 1
     cpu_affinity: tuple[int, ...] | None = None
+    #: after the timed loop, a separate profiled pass per artifact (``mpk bench --profile``, or ``profile: true``)
+    profile: bool = False
 
     def to_spec(self) -> dict[str, Any]:
         """The ``settings`` object of a runner spec (the subset runners understand)."""
-        return {
+        spec: dict[str, Any] = {
             "threads": self.threads,
             "cpu_affinity": list(self.cpu_affinity) if self.cpu_affinity is not None else None,
             "warmup_iterations": self.warmup_iterations,
@@ -58,6 +60,9 @@ class RunSettings:
             "min_seconds": self.min_seconds,
             "max_seconds": self.max_seconds,
         }
+        if self.profile:
+            spec["profile"] = True
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.to_spec(), "cooldown_s": self.cooldown_s, "thermal_limit_c": self.thermal_limit_c}
@@ -78,6 +83,8 @@ class DeviceSpec:
     threads: int | None = None
     cpu_affinity: tuple[int, ...] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    #: profile every artifact on this device (``profile: true``); ``mpk bench --profile`` turns it on everywhere
+    profile: bool = False
 
     @property
     def is_virtual(self) -> bool:
@@ -90,12 +97,14 @@ class DeviceSpec:
         return self.kind in ("host", "emulator")
 
     def settings(self, defaults: RunSettings) -> RunSettings:
-        return defaults.override(threads=self.threads, cpu_affinity=self.cpu_affinity)
+        return defaults.override(threads=self.threads, cpu_affinity=self.cpu_affinity, profile=self.profile or None)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "kind", "runner", "transport", "serial", "address", "threads")}
         d["cpu_affinity"] = list(self.cpu_affinity) if self.cpu_affinity is not None else None
         d["facts"] = dict(self.facts)
+        if self.profile:
+            d["profile"] = True
         return d
 
 
@@ -169,7 +178,8 @@ def _name(p: Problems, value: str | None, known: list[str] | tuple[str, ...], wh
 
 _DEFAULT_KEYS = ("warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "cooldown_s",
                  "thermal_limit_c", "threads", "cpu_affinity")  # fmt: skip
-_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts")
+_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts",
+                "profile")  # fmt: skip
 #: facts a device entry may pin (the runner result's device_facts, minus what is measured per run)
 _FACT_KEYS = ("model", "manufacturer", "soc", "abi", "os", "os_version", "cores", "governor", "cpu_max_freq_khz")
 
@@ -225,6 +235,9 @@ def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transpo
             p.append(f"{where}.address: expected 'host:port', got {address!r}")
     threads = _int(p, raw, "threads", where, minimum=1)
     affinity = _affinity(p, raw, where)
+    profile = raw.get("profile", False)
+    if not isinstance(profile, bool):
+        p.append(f"{where}.profile: expected true or false, got {profile!r}")
     facts = raw.get("facts") or {}
     if not isinstance(facts, dict):
         p.append(f"{where}.facts: expected a mapping, got {facts!r}")
@@ -244,6 +257,7 @@ def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transpo
         threads=threads,
         cpu_affinity=affinity,
         facts=dict(facts),
+        profile=profile is True,
     )
 
 
