@@ -108,6 +108,52 @@ def _lower(sub: Any, example: tuple[Any, ...]) -> tuple[bytes, dict[str, Any], d
     return edge.to_executorch().buffer, delegation, ops
 
 
+def _cache_dir(etrecord: Path) -> Path | None:
+    """Where the lowered units of this ETRecord are kept (lowering costs seconds per unit; the virtual device
+    and the host profile the same artifact). Keyed by the ETRecord's sha256, the executorch version and this
+    module's code; None when the cache is off (``MPK_CACHE_DIR`` unwritable)."""
+    import hashlib
+
+    from packager.cache import cache_dir
+
+    h = hashlib.sha256()
+    with etrecord.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    from importlib import metadata
+
+    h.update(metadata.version("executorch").encode() + Path(__file__).read_bytes())
+    path = cache_dir() / "estimates" / h.hexdigest()[:32]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def _lower_cached(cache: Path | None, index: int, unit: str, sub: Any,
+                  example: tuple[Any, ...]) -> tuple[bytes, dict[str, Any], dict[str, int]]:  # fmt: skip
+    import json
+
+    if cache is not None:
+        pte, meta = cache / f"{index}.pte", cache / f"{index}.json"
+        try:
+            doc = json.loads(meta.read_text())
+            if doc.get("unit") == unit:
+                return pte.read_bytes(), doc["delegation"], doc["ops"]
+        except (OSError, ValueError, KeyError):
+            pass
+    buffer, delegation, ops = _lower(sub, example)
+    if cache is not None:
+        try:
+            (cache / f"{index}.pte").write_bytes(buffer)
+            doc = {"unit": unit, "delegation": delegation, "ops": ops}
+            (cache / f"{index}.json").write_text(json.dumps(doc, default=str))
+        except OSError:
+            pass  # a cache that cannot be written is only slower
+    return buffer, delegation, ops
+
+
 def _time(buffer: bytes, example: tuple[Any, ...], runs: int, warmup: int) -> list[float]:
     from executorch.runtime import Runtime
 
@@ -131,6 +177,7 @@ def estimate(etrecord: Path, opmap: dict[str, Any], inputs: Sequence[np.ndarray]
     from executorch.devtools.etrecord import parse_etrecord
 
     deadline = time.monotonic() + max_seconds
+    cache = _cache_dir(Path(etrecord))
     record = parse_etrecord(str(etrecord))
     if record.exported_program is None:
         raise ValueError(f"{etrecord.name} holds no exported program to lower units from")
@@ -140,16 +187,16 @@ def estimate(etrecord: Path, opmap: dict[str, Any], inputs: Sequence[np.ndarray]
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     segments = _segments(gm, dict(opmap.get("modules") or {}), list(opmap.get("units") or []))
-    for unit, nodes in segments:
+    for i, (unit, nodes) in enumerate(segments):
         if time.monotonic() > deadline:
             notes.append(f"stopped after {max_seconds:.0f} s: units from {unit!r} on were not estimated")
             break
         if not any(any(u not in nodes for u in n.users) for n in nodes):
             continue  # nothing of it is used (an assertion): no time to estimate
         sub, ins = _subgraph(gm, nodes)
-        example = tuple(values[a] for a in ins)
+        example = tuple(v.contiguous() if isinstance(v, torch.Tensor) else v for v in (values[a] for a in ins))
         try:
-            buffer, delegation, ops = _lower(sub, example)
+            buffer, delegation, ops = _lower_cached(cache, i, unit, sub, example)
             times = _time(buffer, example, runs, warmup)
         except Exception as e:  # a unit the exporter cannot take alone: said, never filled in
             from packager.export.base import describe_failure

@@ -158,6 +158,8 @@ def onnx_opmap(proto: Any, modules: dict[str, str], units: list[str], model_name
             found = module.get(src.name)
         else:
             found = reader(n)
+        if found is None and src is not None:  # a graph output's DequantizeLinear: what it gives back
+            found = module.get(src.name)
         module[n.name], via[n.name] = found, "qdq" if found is not None else "none"
 
     flow = [n for n in graph.node if not is_weight_dq(n)]
@@ -213,6 +215,7 @@ def _qdq_module(node: Any, module_of: Any) -> str | None:
     the output of the op that produced its input (a graph input's quantize: the op that reads it). So a
     unit cut between two ops takes int8 in and gives int8 out, as XNNPACK runs it.
     """
+
     def first_user(n: Any, hops: int = 0) -> str | None:
         for user in n.users:
             if user.op != "call_function":
@@ -225,9 +228,12 @@ def _qdq_module(node: Any, module_of: Any) -> str | None:
             return module_of(user)
         return None
 
-    if "dequantize" in str(node.target):
-        return first_user(node)
     src = node.args[0] if node.args else None
+    if "dequantize" in str(node.target):
+        found = first_user(node)
+        if found is None and getattr(src, "op", None) == "call_function":  # a graph output's: what it gives back
+            return module_of(src)
+        return found
     if getattr(src, "op", None) == "call_function":
         return module_of(src)
     return first_user(node)

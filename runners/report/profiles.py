@@ -159,8 +159,11 @@ def html(results: dict[str, Any]) -> str:
                      escape({True: "yes", False: "no"}.get(o.get("delegated"), "–")), str(o["calls"]),
                      f"{float(o['total_ms']):.3f}", f"{float(o['mean_ms']):.4f}", f"{float(o['share']):.1%}"]
                     for o in top_ops(p, 15)]  # fmt: skip
-        out.append("<details open><summary>slowest ops</summary>" + _table(
-            ["Op", "Type", "Module", "Delegated", "Calls", "Total ms", "Mean ms", "Share"], ops_rows) + "</details>")
+        out.append(
+            "<details open><summary>slowest ops</summary>"
+            + _table(["Op", "Type", "Module", "Delegated", "Calls", "Total ms", "Mean ms", "Share"], ops_rows)
+            + "</details>"
+        )
         unit_rows = [[escape(str(r["module"])), f"{r['ms']:.3f}", f"{r['share']:.1%}", str(r["ops"])]
                      for r in rollup(p, by="unit")]  # fmt: skip
         out.append("<details><summary>per unit</summary>" + _table(["Unit", "ms per inference", "Share", "Rows"],
