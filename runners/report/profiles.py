@@ -153,7 +153,7 @@ def html(results: dict[str, Any]) -> str:
             continue
         mods = [r for r in rollup(p, by="module")][:10]
         out.append(svg.bars([(str(r["module"]) if r["module"] is not None else "(unattributed)", r["ms"], None)
-                             for r in mods], unit="ms per inference, per module"))  # fmt: skip
+                             for r in mods], unit="ms per inference, per module", fmt=".3f"))  # fmt: skip
         ops_rows = [[f"<code>{escape(str(o['name']))}</code>", escape(str(o["op_type"])),
                      escape(str(o.get("module") if o.get("module") is not None else "unattributed")),
                      escape({True: "yes", False: "no"}.get(o.get("delegated"), "–")), str(o["calls"]),

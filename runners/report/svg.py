@@ -99,7 +99,8 @@ def latency_strips(rows: list[tuple[str, list[float], float | None]], *, unit: s
     return _svg(width, height, body, "latency distribution per device and artifact")
 
 
-def bars(rows: list[tuple[str, float | None, float | None]], *, unit: str = "MB", width: int = 900) -> str:
+def bars(rows: list[tuple[str, float | None, float | None]], *, unit: str = "MB", width: int = 900,
+         fmt: str = ".1f") -> str:  # fmt: skip
     """Horizontal bars (label, value, budget); the budget is a red tick on the bar's row."""
     label_w, row_h, top = 260, 24, 10
     height = top + row_h * max(len(rows), 1) + 40
@@ -114,9 +115,9 @@ def bars(rows: list[tuple[str, float | None, float | None]], *, unit: str = "MB"
             w = value / hi * (x1 - x0)
             body.append(
                 f'<rect x="{x0}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{PALETTE[i % len(PALETTE)]}">'
-                f"<title>{escape(label)}: {value:.1f} {unit}</title></rect>"
+                f"<title>{escape(label)}: {value:{fmt}} {unit}</title></rect>"
             )
-            body.append(f'<text x="{x0 + w + 4:.1f}" y="{y + 16}" fill="#222">{value:.1f}</text>')
+            body.append(f'<text x="{x0 + w + 4:.1f}" y="{y + 16}" fill="#222">{value:{fmt}}</text>')
         if budget:
             bx = x0 + budget / hi * (x1 - x0)
             body.append(

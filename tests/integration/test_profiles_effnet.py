@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.test_profiles import mpk
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DEVICES = """\
 version: 1
