@@ -255,8 +255,10 @@ def _graph_ops(graph: Any, modules: dict[str, str]) -> list[tuple[Any, str, str 
     ops = [n for n in graph.nodes if n.op == "call_function" and _op_name(n.target) != "getitem"]
     # an op of constants only (a weight's dequantize, hoisted to the top by PT2E) is listed right before the op
     # that reads it, so it falls in that op's unit
-    late = {n for n in ops if not any(a.op == "call_function" for a in n.all_input_nodes) and n.all_input_nodes
-            and all(a.op == "get_attr" for a in n.all_input_nodes) and n.users}  # fmt: skip
+    # (in a delegate's graph weights are placeholders: a dequantize of placeholders only is a weight's)
+    late = {n for n in ops if n.users and n.all_input_nodes
+            and not any(a.op == "call_function" for a in n.all_input_nodes)
+            and (all(a.op == "get_attr" for a in n.all_input_nodes) or "dequantize" in str(n.target))}  # fmt: skip
     order: list[Any] = []
     for n in ops:
         if n in late:

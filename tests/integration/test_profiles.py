@@ -31,7 +31,7 @@ import pytest
 
 from mpk.contract import read_manifest, validate_result, write_spec
 from mpk.contract.profile import read_opmap
-from mpk.profiling import attach_sources, rollup
+from mpk.profiling import attach_sources, rollup, unit_of
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests/integration/profile_model.py"
@@ -89,6 +89,9 @@ def test_the_op_map_is_packaged_and_names_real_modules(pkg: Path, modules: dict[
     assert dict(collections.Counter(n["op_type"] for n in nodes)) == art["op_summary"]
     convs = {n["module"] for n in nodes if n["op_type"] in ("Conv", "aten.convolution")}
     assert convs == {p for p, m in modules.items() if type(m).__name__ == "Conv2d"}  # a BN-folded conv is its conv
+    weighted = [n for n in nodes if n["op_type"] in ("Conv", "aten.convolution", "Gemm", "aten.linear")
+                or "dequantize_per_channel" in n["op_type"]]  # fmt: skip
+    assert all(n["unit"] == unit_of(n["module"], opmap["units"]) for n in weighted)  # a weight counts where it is used
     units = collections.Counter(n["unit"] for n in nodes)
     assert set(units) == {"_conv_stem", "_blocks.0", "_blocks.1", "_blocks.2", "_conv_head", "_avg_pooling", "_fc"}
     if art["backend"] == "executorch":
