@@ -280,8 +280,13 @@ class Bench:
         spec_dir = self.work / cell_id
         spec_dir.mkdir(parents=True, exist_ok=True)
         extra = [e["path"] if isinstance(e, dict) else e for e in artifact.get("extra_files") or []]
-        if settings.profile:  # the op map and ETRecord travel only with a profiling spec
-            extra += [e["path"] for e in (artifact.get("profiling") or {}).values()]
+        if settings.profile and artifact.get("profiling"):
+            # the op map and ETRecord travel only with a profiling spec; the ETRecord (about 2x the model) only to
+            # runners that estimate from it: the host runner, also behind mpk's virtual device
+            if target.runner != "host" and target != self._virtual:
+                kept = {k: v for k, v in artifact["profiling"].items() if k != "etrecord"}
+                artifact = {**artifact, "profiling": kept}
+            extra += [e["path"] for e in artifact["profiling"].values()]
         for rel in [artifact["path"], *extra]:
             _link(self.manifest_dir / rel, spec_dir / rel)
         if self.reference:

@@ -242,6 +242,7 @@ def test_bench_profile_on_host_and_virtual_device(bench_dir: Path, modules: dict
         assert [e["name"] for e in complete] == [o["name"] for o in prof["ops"]]  # one complete event per op
         assert all(e["dur"] >= 0 and isinstance(e["ts"], float) for e in complete)
     assert cells[("host", "executorch-fp32")]["result"]["profile"]["status"] == "estimated"
+    assert cells[("pixel-7", "executorch-fp32")]["result"]["profile"]["status"] == "estimated"  # ETRecord sent along
     assert cells[("pixel-7", "onnx-fp32")]["result"]["profile"]["status"] == "measured"
 
 
