@@ -165,7 +165,10 @@ def test_onnx_runtime_times_every_node_and_each_maps_back(pkg: Path, host_result
     conv_rows = [o for o in prof["ops"] if o["source"] and o["op_type"] in ("Conv", "QLinearConv", "FusedConv")]
     assert len(conv_rows) == _art(pkg, art_id)["op_summary"]["Conv"]
     assert {o["module"] for o in conv_rows} == {p for p, m in modules.items() if type(m).__name__ == "Conv2d"}
-    assert prof["attributed_share"] >= 0.75  # the rest: ORT's layout conversions, a large share of a tiny net
+    # the unattributed time is ORT's layout conversions' (a tiny net's µs kernels make its share a timing matter;
+    # the EfficientNet test holds the >= 95% line)
+    assert prof["attributed_share"] == pytest.approx(sum(o["share"] for o in prof["ops"] if o["module"] is not None))
+    assert {o["op_type"] for o in prof["ops"] if o["module"] is None} <= ORT_LAYOUT
     if art_id.endswith("int8"):
         assert prof["kernel"] == isa_label()  # the host's int8 kernel, as it ran
     else:
