@@ -43,7 +43,8 @@ demo: setup
 	@# table names it, so the demo goes on to show the rest. Any other failure stops here.
 	$(BIN)/mpk package --model efficientnet-lite0 --quantize none,int8 \
 	    --backends executorch,onnx,coreml --out $(OUT)/package || [ $$? -eq 1 ]
-	$(BIN)/mpk bench $(OUT)/package/manifest.json --devices devices.yaml --fallback emulator --out $(OUT)/bench
+	$(BIN)/mpk bench $(OUT)/package/manifest.json --devices devices.yaml --fallback emulator --profile \
+	    --out $(OUT)/bench
 	$(BIN)/mpk gate $(OUT)/bench/results.json --budgets devices.yaml --report $(OUT)/report
 
 test: setup system-deps

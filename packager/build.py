@@ -35,7 +35,7 @@ class BuiltArtifact:
     job: ArtifactJob
     artifact: ExportedArtifact
     cached: bool
-    #: sha256 and size of the main file (or folder) and of each extra file, by absolute path
+    #: sha256 and size of the main file (or folder), of each extra file and of each profiling file, by absolute path
     sha256: dict[Path, str]
     size_bytes: dict[Path, int]
     #: zstd -19 size of the main path; computed in the background on a miss
@@ -52,8 +52,8 @@ def build_stage(job: ArtifactJob, staging: Path, cache: Cache, background: Backg
         hit = cache.artifacts.get(job.key, tmp)
         if hit is not None:
             art = hit.artifact
-            sha = {Path(art.path): hit.sha256[Path(art.path).relative_to(tmp).as_posix()]}
-            sha |= {Path(p): hit.sha256[Path(p).relative_to(tmp).as_posix()] for p in art.extra_files}
+            files = [Path(art.path), *map(Path, art.extra_files), *map(Path, art.profiling_files.values())]
+            sha = {p: hit.sha256[p.relative_to(tmp).as_posix()] for p in files}
         else:
             art = job.export(tmp)
             if not Path(art.path).exists():
@@ -64,8 +64,9 @@ def build_stage(job: ArtifactJob, staging: Path, cache: Cache, background: Backg
                 scheme=job.scheme,
                 path=Path(art.path),
                 extra_files=[Path(p) for p in art.extra_files],
+                profiling_files={k: Path(p) for k, p in art.profiling_files.items()},
             )
-            sha = {p: sha256_path(p) for p in [art.path, *art.extra_files]}
+            sha = {p: sha256_path(p) for p in [art.path, *art.extra_files, *art.profiling_files.values()]}
             cache.artifacts.put(job.key, art, tmp, {p.relative_to(tmp).as_posix(): h for p, h in sha.items()})
         final = staging / job.id
         os.replace(tmp, final)
@@ -74,7 +75,10 @@ def build_stage(job: ArtifactJob, staging: Path, cache: Cache, background: Backg
         raise
     moved = {final / p.relative_to(tmp): h for p, h in sha.items()}
     art = dataclasses.replace(
-        art, path=final / art.path.relative_to(tmp), extra_files=[final / p.relative_to(tmp) for p in art.extra_files]
+        art,
+        path=final / art.path.relative_to(tmp),
+        extra_files=[final / p.relative_to(tmp) for p in art.extra_files],
+        profiling_files={k: final / p.relative_to(tmp) for k, p in art.profiling_files.items()},
     )
     sizes = {p: size_path(p) for p in moved}
     return BuiltArtifact(

@@ -136,7 +136,8 @@ class ArtifactCache:
             if meta.get("format") != ARTIFACT_FORMAT:
                 return None
             a, expected = meta["artifact"], meta["sha256"]
-            names = [a["path"], *a["extra_files"]]
+            profiling = a.get("profiling_files") or {}
+            names = [a["path"], *a["extra_files"], *profiling.values()]
             out_dir.mkdir(parents=True, exist_ok=True)
             for name in names:
                 src, dst = entry / "files" / name, out_dir / name
@@ -169,6 +170,7 @@ class ArtifactCache:
             delegation=a["delegation"],
             op_summary=a["op_summary"],
             details=a["details"],
+            profiling_files={k: out_dir / p for k, p in profiling.items()},
         )
         return CacheHit(art, got, meta.get("extra", {}))
 
@@ -187,7 +189,8 @@ class ArtifactCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            paths = [artifact.path, *artifact.extra_files]
+            kinds = list(artifact.profiling_files)
+            paths = [artifact.path, *artifact.extra_files, *artifact.profiling_files.values()]
             rel = [p.relative_to(base).as_posix() for p in paths]
             for p, r in zip(paths, rel, strict=True):
                 dst = tmp / "files" / r
@@ -196,7 +199,8 @@ class ArtifactCache:
             d = asdict(artifact)
             d.update(
                 path=rel[0],
-                extra_files=rel[1:],
+                extra_files=rel[1 : len(rel) - len(kinds)],
+                profiling_files=dict(zip(kinds, rel[len(rel) - len(kinds) :], strict=True)),
                 inputs=[s.to_dict() for s in artifact.inputs],
                 outputs=[s.to_dict() for s in artifact.outputs],
             )

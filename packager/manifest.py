@@ -43,6 +43,7 @@ def file_problems(manifest: dict[str, Any], manifest_dir: Path) -> dict[str, lis
     for a in manifest["artifacts"]:
         entries.append((a["id"], a))
         entries.extend((a["id"], e) for e in a.get("extra_files") or [] if isinstance(e, dict))
+        entries.extend((a["id"], e) for e in (a.get("profiling") or {}).values())
     if manifest.get("reference"):
         entries.append(("reference", manifest["reference"]))
     out: dict[str, list[str]] = {}

@@ -256,6 +256,7 @@ def _artifact_entry(b: BuiltArtifact, verification: dict[str, Any], base: Path) 
         "delegation": delegation,
         "op_summary": dict(art.op_summary),
         "details": _jsonable(art.details),
+        **_profiling_entry(b, base),
         "runtime": runtime_requirements(art.backend, art.path),  # what a device must run (runners/compat.py)
         "cached": b.cached,
         "verification": verification,
@@ -271,6 +272,16 @@ def _dataset_entry(d: Dataset | None, *, evaluation: bool) -> dict[str, Any]:
     if evaluation:
         e["labelled"] = d.labels is not None
     return e
+
+
+def _profiling_entry(b: BuiltArtifact, base: Path) -> dict[str, Any]:
+    """``{"profiling": {kind: file entry}}`` for the files that map a profile to the source (none: nothing)."""
+    files = {
+        k: {"path": p.relative_to(base).as_posix(), "sha256": b.sha256[p], "size_bytes": b.size_bytes[p]}
+        for k, p in b.artifact.profiling_files.items()
+        if p in b.sha256
+    }
+    return {"profiling": files} if files else {}
 
 
 def _jsonable(obj: Any) -> Any:

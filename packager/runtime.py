@@ -12,10 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mpk.errors import UsageError
 from packager.export import EXPORTERS
 from packager.export.base import HostSession
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from mpk.contract.profile import Profile
 
 
 def open_session(backend: str, path: Path, *, threads: int | None = None) -> HostSession:
@@ -46,6 +52,16 @@ def session_opener(backend: str, *, threads: int | None = None) -> Callable[[Pat
     return open_path
 
 
+def profile_artifact(backend: str, scheme: str, path: Path, inputs: tuple[np.ndarray, ...], *,
+                     threads: int | None = None, files: dict[str, Path] | None = None) -> Profile:  # fmt: skip
+    """The profiled pass of one artifact on this host (:mod:`packager.profiling`): the runtime's own per-op
+    timings where it has them, else what it cannot do and mpk's labelled estimate. ``files``: the package's
+    ``profiling`` files (op map, ETRecord) by kind."""
+    from packager.profiling import profile_artifact as run
+
+    return run(backend, scheme, Path(path), inputs, threads=threads, files=files)
+
+
 def backend_for_path(path: Path) -> str:
     """The backend whose artifact suffix ``path`` has, for callers holding only a file (``mpk inspect``).
 
@@ -60,4 +76,4 @@ def backend_for_path(path: Path) -> str:
     raise UsageError(f"{path}: unknown artifact type (expected one of {known})")
 
 
-__all__ = ["HostSession", "backend_for_path", "open_session", "session_opener"]
+__all__ = ["HostSession", "backend_for_path", "open_session", "profile_artifact", "session_opener"]

@@ -237,3 +237,6 @@ class ExportedArtifact:
     op_summary: dict[str, int] = field(default_factory=dict)
     #: backend-specific notes (quantizer config, opset, min deployment target...)
     details: dict[str, Any] = field(default_factory=dict)
+    #: files that map a profile back to the PyTorch source, by kind: "op_map" (mpk.opmap/1), "etrecord"
+    #: (packager/export/source_map.py); in the package beside the artifact, never loaded by a runtime
+    profiling_files: dict[str, Path] = field(default_factory=dict)

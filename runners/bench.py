@@ -58,11 +58,14 @@ class BenchConfig:
     ray: str | None = None
     #: accept a ``ray`` address that is not loopback (a Ray port lets whoever reaches it run code)
     ray_allow_remote: bool = False
+    #: a profiled pass per artifact after its timed loop, on every device (devices.yaml ``profile: true`` per device)
+    profile: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The run settings the flags override (RunSettings field names)."""
         return {"min_iterations": self.iterations, "min_seconds": self.min_seconds, "warmup_iterations": self.warmup,
-                "threads": self.threads, "cooldown_s": self.cooldown}  # fmt: skip
+                "threads": self.threads, "cooldown_s": self.cooldown,
+                "profile": True if self.profile else None}  # fmt: skip
 
 
 @dataclass

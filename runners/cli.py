@@ -111,11 +111,18 @@ def render_cells(cells: list[dict[str, Any]]) -> None:
     is_flag=True,
     help="Allow a --ray address that is not loopback (trusted networks only: Ray's port runs any code).",
 )
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="After each timed loop, a separate profiled pass: per-op times mapped to PyTorch modules in results.json, "
+    "Chrome traces in OUT/profiles/ (devices.yaml: profile: true per device).",
+)
 @click.pass_context
 def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path, fallback: str | None,
           only_devices: tuple[str, ...], only_artifacts: tuple[str, ...], iterations: int | None,
           min_seconds: float | None, warmup: int | None, threads: int | None, cooldown: float | None, dry_run: bool,
-          until_conclusive: bool, force: bool, ray_address: str | None, ray_allow_remote: bool) -> None:  # fmt: skip
+          until_conclusive: bool, force: bool, ray_address: str | None, ray_allow_remote: bool,
+          profile: bool) -> None:  # fmt: skip
     """Benchmark MANIFEST's artifacts on the devices in devices.yaml; write OUT/results.json.
 
     OUT is replaced only when the run ends (the previous one is kept as OUT.prev); Ctrl-C leaves it as it
@@ -129,7 +136,7 @@ def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path,
                          only_devices=only_devices, only_artifacts=only_artifacts, iterations=iterations,
                          min_seconds=min_seconds, warmup=warmup, threads=threads, cooldown=cooldown,
                          until_conclusive=until_conclusive, force=force, ray=ray_address,
-                         ray_allow_remote=ray_allow_remote)  # fmt: skip
+                         ray_allow_remote=ray_allow_remote, profile=profile)  # fmt: skip
     if dry_run:
         from runners.matrix import dump
 
@@ -148,12 +155,52 @@ def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path,
         if live is not None:
             live.stop()
     render_cells(outcome.results["cells"])
+    profiled = [c for c in outcome.results["cells"] if (c.get("result") or {}).get("profile")]
+    if profiled:
+        render_profiles(profiled)
+        click.echo(f"Chrome traces (open in https://ui.perfetto.dev): {Path(out_dir) / 'profiles'}")
     click.echo(f"results: {outcome.results_path}")
     if outcome.previous is not None:
         click.echo(f"previous contents of {out_dir} kept in {outcome.previous}")
     if outcome.exit_code:
         click.echo(click.style("error: ", fg="red", bold=True) + outcome.summary, err=True)
     ctx.exit(outcome.exit_code)
+
+
+def profile_row(cell: dict[str, Any]) -> list[str]:
+    """device, artifact, status, per-op total vs the unprofiled p50, profiling overhead, attributed share, the
+    slowest unit and the slowest op."""
+    from mpk.profiling import rollup, top_ops
+
+    p = cell["result"]["profile"]
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{v:+.0%}"
+
+    units = [r for r in rollup(p, by="unit") if r["module"] is not None]
+    ops = top_ops(p, 1)
+    op = f"{ops[0]['name']} ({ops[0].get('module') or '?'}) {ops[0]['total_ms'] / max(p.get('runs') or 1, 1):.2f}" \
+        if ops else "-"  # fmt: skip
+    status = p["status"] if p["ops"] else f"{p['status']}: {(p.get('limits') or ['-'])[0][:70]}"
+    return [cell["device_id"], cell["artifact_id"], status, _fmt(p.get("per_run_ms")), _fmt(p.get("unprofiled_p50_ms")),
+            pct(p.get("vs_p50")), pct(p.get("overhead")),
+            "-" if p.get("attributed_share") is None else f"{p['attributed_share']:.1%}",
+            f"{units[0]['module']} {units[0]['ms']:.2f}" if units else "-", op]  # fmt: skip
+
+
+PROFILE_HEADERS = ["device", "artifact", "profile", "ops ms/run", "p50 ms", "vs p50", "overhead", "attributed",
+                   "slowest unit (ms)", "slowest op (module) ms"]  # fmt: skip
+
+
+def render_profiles(cells: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*PROFILE_HEADERS, title="profiles (a separate pass after the timed loop; latencies above are "
+                  "the unprofiled loop's)")  # fmt: skip
+    for c in cells:
+        table.add_row(*profile_row(c))
+    Console(width=200).print(table)
 
 
 def _progress():

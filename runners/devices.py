@@ -49,10 +49,12 @@ class RunSettings:
     thermal_limit_c: float | None = 45.0
     threads: int = 1
     cpu_affinity: tuple[int, ...] | None = None
+    #: after the timed loop, a separate profiled pass per artifact (``mpk bench --profile``, or ``profile: true``)
+    profile: bool = False
 
     def to_spec(self) -> dict[str, Any]:
         """The ``settings`` object of a runner spec (the subset runners understand)."""
-        return {
+        spec: dict[str, Any] = {
             "threads": self.threads,
             "cpu_affinity": list(self.cpu_affinity) if self.cpu_affinity is not None else None,
             "warmup_iterations": self.warmup_iterations,
@@ -60,6 +62,9 @@ class RunSettings:
             "min_seconds": self.min_seconds,
             "max_seconds": self.max_seconds,
         }
+        if self.profile:
+            spec["profile"] = True
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.to_spec(), "cooldown_s": self.cooldown_s, "thermal_limit_c": self.thermal_limit_c}
@@ -82,6 +87,8 @@ class DeviceSpec:
     facts: dict[str, Any] = field(default_factory=dict)
     #: the machine the device hangs off, as its ``mpk agent --host`` names it; only ``mpk bench --ray`` reads it
     host: str | None = None
+    #: profile every artifact on this device (``profile: true``); ``mpk bench --profile`` turns it on everywhere
+    profile: bool = False
 
     @property
     def is_virtual(self) -> bool:
@@ -94,7 +101,7 @@ class DeviceSpec:
         return self.kind in ("host", "emulator")
 
     def settings(self, defaults: RunSettings) -> RunSettings:
-        return defaults.override(threads=self.threads, cpu_affinity=self.cpu_affinity)
+        return defaults.override(threads=self.threads, cpu_affinity=self.cpu_affinity, profile=self.profile or None)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "kind", "runner", "transport", "serial", "address", "threads")}
@@ -102,6 +109,8 @@ class DeviceSpec:
         d["facts"] = dict(self.facts)
         if self.host is not None:  # only when set: a file without hosts describes its devices as before
             d["host"] = self.host
+        if self.profile:
+            d["profile"] = True
         return d
 
 
@@ -175,7 +184,8 @@ def _name(p: Problems, value: str | None, known: list[str] | tuple[str, ...], wh
 
 _DEFAULT_KEYS = ("warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "cooldown_s",
                  "thermal_limit_c", "threads", "cpu_affinity")  # fmt: skip
-_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts", "host")
+_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts", "host",
+                "profile")  # fmt: skip
 #: a host name: letters, digits, '.', '_', '-', at most 63 characters (it becomes a Ray node label's value)
 HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 #: facts a device entry may pin (the runner result's device_facts, minus what is measured per run)
@@ -236,6 +246,9 @@ def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transpo
     host = _str(p, raw, "host", where)
     if host is not None and not HOST_NAME.fullmatch(host):
         p.append(f"{where}.host: expected a host name (letters, digits, '.', '_', '-'; at most 63), got {host!r}")
+    profile = raw.get("profile", False)
+    if not isinstance(profile, bool):
+        p.append(f"{where}.profile: expected true or false, got {profile!r}")
     facts = raw.get("facts") or {}
     if not isinstance(facts, dict):
         p.append(f"{where}.facts: expected a mapping, got {facts!r}")
@@ -256,6 +269,7 @@ def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transpo
         cpu_affinity=affinity,
         facts=dict(facts),
         host=host,
+        profile=profile is True,
     )
 
 

@@ -256,6 +256,27 @@ def measure_artifact(spec: dict, spec_dir: Path, index: int, progress: Path) -> 
     }  # fmt: skip
 
 
+def profile_pass(spec: dict, spec_dir: Path, index: int, stats: dict[str, Any]) -> dict:
+    """The separate profiled pass, after the timed loop and the accuracy pass (:mod:`packager.profiling`).
+
+    Its numbers never enter ``samples_ms``; it is compared with them (``vs_p50``, ``overhead``). A profile that
+    fails is reported as unavailable with the reason: the measurement it follows stands.
+    """
+    from mpk.contract.profile import finish, unavailable
+    from packager.runtime import profile_artifact
+
+    art = spec["artifacts"][index]
+    files = {k: spec_dir / v for k, v in (art.get("profiling") or {}).items()}
+    try:
+        reference = load_reference(spec, spec_dir)
+        inputs = reference[0][0] if reference else synthetic_inputs(art)
+        prof = profile_artifact(art["backend"], art["scheme"], spec_dir / art["path"], inputs,
+                                threads=spec["settings"]["threads"], files=files)  # fmt: skip
+    except Exception as e:  # the runtime's own words are the useful part
+        prof = unavailable("the profiled pass failed", f"{type(e).__name__}: {str(e)[:2000]}")
+    return dict(finish(prof, p50_ms=stats.get("p50_ms"), mean_ms=stats.get("mean_ms")))
+
+
 def _child_main(spec_path: Path, index: int, out: Path) -> int:
     from mpk.contract import read_spec
 
@@ -264,6 +285,11 @@ def _child_main(spec_path: Path, index: int, out: Path) -> int:
     result = measure_artifact(spec, spec_path.parent, index, progress)
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     out.write_text(json.dumps({"pid": os.getpid(), "affinity": affinity, "result": result}))
+    if spec["settings"].get("profile") and result["status"] == "ok":
+        # written first, so a profiler that takes the process down loses the profile, not the measurement
+        progress.write_text("profile")
+        result["profile"] = profile_pass(spec, spec_path.parent, index, result["stats"])
+        out.write_text(json.dumps({"pid": os.getpid(), "affinity": affinity, "result": result}))
     return 0
 
 
@@ -280,6 +306,19 @@ def _runtime_versions() -> dict[str, str]:
     return out
 
 
+def _phase(phase_file: Path) -> str:
+    return phase_file.read_text() if phase_file.exists() else "setup"
+
+
+def _without_profile(out: Path, why: str) -> dict:
+    """The measurement the child wrote before its profiled pass died, with the profile said unavailable."""
+    from mpk.contract.profile import unavailable
+
+    result = json.loads(out.read_text())["result"]
+    result["profile"] = unavailable("the profiled pass", why)
+    return result
+
+
 def run_artifact_subprocess(spec_path: Path, index: int, artifact: dict, threads: int, timeout_s: float) -> dict:
     """Run one artifact in a fresh interpreter and return its artifact_result (errors included)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -289,12 +328,17 @@ def run_artifact_subprocess(spec_path: Path, index: int, artifact: dict, threads
         out = Path(tmp) / "artifact.json"
         cmd = [sys.executable, "-m", "runners.host_runner", "--spec", str(spec_path), "--out", str(out),
                CHILD_FLAG, str(index)]  # fmt: skip
+        phase_file = out.with_suffix(".phase")
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
+            if _phase(phase_file) == "profile" and out.exists():
+                return _without_profile(out, f"the profiled pass ran past the artifact's {timeout_s:.0f} s: {e}")
             return _error(artifact, "timeout", f"no result after {timeout_s:.0f} s")
-        phase_file = out.with_suffix(".phase")
-        phase = phase_file.read_text() if phase_file.exists() else "setup"
+        phase = _phase(phase_file)
+        if proc.returncode != 0 and phase == "profile" and out.exists():
+            tail = (proc.stderr or proc.stdout or "").strip()[-1500:]
+            return _without_profile(out, f"the runner process exited with {proc.returncode} while profiling: {tail}")
         if proc.returncode == 0 and out.exists():
             payload = json.loads(out.read_text())
             print(f"mpk host_runner: artifact {artifact['id']} ran in pid {payload['pid']} "
@@ -326,7 +370,9 @@ def run_spec(spec_path: Path, *, emulated: bool = False, device_facts: dict | No
         facts.update(devicefacts.int8_facts())  # and the int8 kernels it ran them with
     started = utc_now()
     facts["temperatures_c_before"] = devicefacts.temperatures_c()
-    per_artifact_timeout = timeout_s or (300.0 + 2 * (s.get("max_seconds") or 600.0))
+    # a profiled pass may lower an ExecuTorch model unit by unit (packager/export/et_estimate.py): minutes
+    per_artifact_timeout = timeout_s or (300.0 + 2 * (s.get("max_seconds") or 600.0) + (900.0 if s.get("profile")
+                                                                                         else 0.0))  # fmt: skip
     results = [
         run_artifact_subprocess(spec_path, i, a, s["threads"], per_artifact_timeout)
         for i, a in enumerate(spec["artifacts"])
@@ -334,6 +380,8 @@ def run_spec(spec_path: Path, *, emulated: bool = False, device_facts: dict | No
     facts["temperatures_c_after"] = devicefacts.temperatures_c()
     settings = {k: s.get(k) for k in ("threads", "cpu_affinity", "warmup_iterations", "min_iterations",
                                       "min_seconds", "max_seconds")}  # fmt: skip
+    if s.get("profile"):
+        settings["profile"] = True
     result = {
         "schema_version": RESULT_VERSION,
         "run_id": spec["run_id"],

@@ -129,6 +129,8 @@ def build_spec(run_id: str, device_id: str, settings: RunSettings, artifact: dic
             a[k] = [{"name": t["name"], "shape": t["shape"], "dtype": t["dtype"]} for t in artifact[k]]
     if artifact.get("runtime"):
         a["runtime"] = artifact["runtime"]  # the apps check it again before loading (runners/compat.py)
+    if settings.profile and artifact.get("profiling"):
+        a["profiling"] = {k: e["path"] for k, e in artifact["profiling"].items()}
     spec = {"schema_version": SPEC_VERSION, "run_id": run_id, "device_id": device_id,
             "settings": settings.to_spec(), "artifacts": [a], "reference": reference}  # fmt: skip
     return spec
@@ -299,6 +301,13 @@ class Bench:
         spec_dir = self.work / cell_id
         spec_dir.mkdir(parents=True, exist_ok=True)
         extra = [e["path"] if isinstance(e, dict) else e for e in artifact.get("extra_files") or []]
+        if settings.profile and artifact.get("profiling"):
+            # the op map and ETRecord travel only with a profiling spec; the ETRecord (about 2x the model) only to
+            # runners that estimate from it: the host runner, also behind mpk's virtual device
+            if target.runner != "host" and target != self._virtual:
+                kept = {k: v for k, v in artifact["profiling"].items() if k != "etrecord"}
+                artifact = {**artifact, "profiling": kept}
+            extra += [e["path"] for e in artifact["profiling"].values()]
         for rel in [artifact["path"], *extra]:
             _link(self.manifest_dir / rel, spec_dir / rel)
         if self.reference:
@@ -319,6 +328,8 @@ class Bench:
                 return cell
             finished = utc_now()
         art = result["artifacts"][0]
+        if art.get("profile"):
+            self._map_profile(art, artifact, plan)
         err = art.get("error")
         outcome = outcome_of(art)
         return {
@@ -342,6 +353,26 @@ class Bench:
             "finished_utc": finished,
             "result": art,
         }
+
+    def _map_profile(self, art: dict, artifact: dict, plan: Plan) -> None:
+        """Put the runner's profile back on the PyTorch source with the package's op map (the same for a profile
+        from this host, the virtual device or a phone), and write it as a Chrome trace in ``profiles/``."""
+        from mpk.contract.profile import read_opmap, write_trace
+        from mpk.profiling import attach_sources
+
+        entry = (artifact.get("profiling") or {}).get("op_map")
+        opmap = None
+        if entry:
+            try:
+                opmap = read_opmap(self.manifest_dir / entry["path"])
+            except MpkError as e:
+                art["profile"].setdefault("notes", []).append(f"op map unreadable: {e.message}")
+        attach_sources(art["profile"], opmap)
+        if art["profile"].get("ops"):
+            name = _safe(f"{plan.device.id}--{artifact['id']}") + ".trace.json"
+            emulated = f" (emulated on {plan.target.id})" if plan.emulated and plan.target is not None else ""
+            process = f"{plan.device.id}{emulated} / {artifact['id']} ({art['profile']['status']})"
+            write_trace(self.out_dir / "profiles" / name, art["profile"], process=process)
 
     def _cooldown(self, driver: Any, device: DeviceSpec, settings: RunSettings) -> None:
         if settings.cooldown_s <= 0:

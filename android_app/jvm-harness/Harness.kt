@@ -19,6 +19,7 @@ import org.mpk.bench.contract.Measurement
 import org.mpk.bench.contract.MemoryProbe
 import org.mpk.bench.contract.MemoryReading
 import org.mpk.bench.contract.ModelRunner
+import org.mpk.bench.contract.Profiles
 import org.mpk.bench.contract.RuntimeHost
 import org.mpk.bench.contract.RuntimeRequirement
 import org.mpk.bench.contract.Spec
@@ -39,6 +40,18 @@ class RecordingHost(
     override fun preload(backend: String) {
         events.add("preload:$backend")
         if (preloadError != null) throw UnsatisfiedLinkError(preloadError)
+    }
+
+    /** The profiled pass: recorded, and answered with an ORT profile given by the test (a real one) if any. */
+    var ortProfile: String? = null
+
+    override fun profile(
+        artifact: ArtifactSpec, file: File, threads: Int, inputs: List<InputTensor>, runs: Int, warmup: Int,
+        workDir: File
+    ): MutableMap<String, Any?> {
+        events.add("profile:$runs:$warmup")
+        val path = ortProfile ?: return Profiles.unavailable("harness", listOf("no profile given"))
+        return Profiles.ortProfile({ events.add("profiled-run") }, { path }, "onnxruntime harness", runs, warmup)
     }
 
     override fun open(artifact: ArtifactSpec, file: File, threads: Int): ModelRunner {
@@ -144,6 +157,7 @@ fun handle(req: Map<*, *>): Any? = when (req["op"]) {
         val events = ArrayList<String>()
         val outputs = (req["outputs"] as List<*>).map { nums(it).map { x -> x.toFloat() }.toFloatArray() }
         val host = RecordingHost(strMap(req["linked"]), outputs, events, req["preload_error"] as String?)
+        host.ortProfile = req["ort_profile"] as String?
         var t = 0L
         val outcome = Measurement.measureOne(spec, spec.artifacts[0], host, RecordingMemory(events),
             gc = { events.add("gc") }, clockNs = { t += 1000000L; t })
@@ -160,6 +174,14 @@ fun handle(req: Map<*, *>): Any? = when (req["op"]) {
         val features = CpuInt8.features(req["cpuinfo"] as String)
         val (name, saturates) = CpuInt8.kernel(req["abi"] as String, features)
         linkedMapOf("features" to features, "name" to name, "saturates" to saturates)
+    }
+    "ortProfile" -> {
+        // a fake clock advancing step_ns per reading: each profiled run's wall time is exactly step_ns
+        var t = 0L
+        val step = (req["step_ns"] as Number).toLong()
+        val p = Profiles.ortProfile({}, { req["path"] as String }, "onnxruntime harness",
+            (req["runs"] as Number).toInt(), (req["warmup"] as Number).toInt(), { t += step; t })
+        Profiles.finish(p, (req["p50"] as Number).toDouble(), (req["mean"] as Number).toDouble())
     }
     else -> throw IllegalArgumentException("unknown op ${req["op"]}")
 }

@@ -26,6 +26,7 @@ SCHEMAS: dict[str, str] = {
     "runner_result": "runner result",
     "results": "results file",
     "results-1": "results file (version 1)",
+    "opmap": "op map",
 }
 
 

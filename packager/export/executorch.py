@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import DataError, ExportError, UsageError
+from packager.export import source_map
 from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes
 from packager.export.capabilities import check_combination
 from packager.types import Dataset, ExportedArtifact, LoadedModel
@@ -193,7 +194,7 @@ class ExecuTorchExporter(Exporter):
         if scheme in ("int8", "int8-dynamic"):
             ep, correction = _quantize_pt2e(model, ep, scheme, calibration, self.bias_correction)
         try:
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], generate_etrecord=True)
         except Exception as e:
             raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
         delegation, ops = delegation_summary(edge.exported_program())
@@ -205,6 +206,8 @@ class ExecuTorchExporter(Exporter):
         path = out_dir / f"{model.name}-{scheme}{self.suffix}"
         path.write_bytes(program.buffer)
         details: dict[str, Any] = {"partitioner": "XnnpackPartitioner"}
+        profiling = source_map.profiling_files(source_map.write_executorch_files, model, edge, program, path,
+                                               details=details)  # fmt: skip
         if scheme != "fp32":
             details["quantizer"] = {
                 "name": "XNNPACKQuantizer",
@@ -223,6 +226,7 @@ class ExecuTorchExporter(Exporter):
             delegation=delegation,
             op_summary=ops,
             details=details,
+            profiling_files=profiling,
         )
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import DataError, ExportError, UsageError
+from packager.export import source_map
 from packager.export.base import Exporter, HostSession, capture, describe_failure
 from packager.export.capabilities import check_combination
 from packager.export.onnx_reference import INTEGER_OPS, reference_model
@@ -108,6 +109,7 @@ class OnnxExporter(Exporter):
         proto = onnx.load(str(path), load_external_data=False)
         details["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         extra = [path.with_name(path.name + ".data")] if external else []
+        profiling = source_map.profiling_files(source_map.write_onnx_opmap, model, path, details=details)
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,
@@ -118,6 +120,7 @@ class OnnxExporter(Exporter):
             delegation=None,
             op_summary=op_histogram(proto),
             details=details,
+            profiling_files=profiling,
         )
 
     def _to_onnx(self, model: LoadedModel, path: Path) -> bool:
@@ -237,10 +240,14 @@ class OnnxExporter(Exporter):
 class OnnxSession:
     """An ``.onnx`` loaded into an onnxruntime CPU InferenceSession."""
 
-    def __init__(self, path: Path | bytes, *, threads: int | None = None, optimize: bool = True) -> None:
+    def __init__(self, path: Path | bytes, *, threads: int | None = None, optimize: bool = True,
+                 profile_prefix: str | None = None) -> None:  # fmt: skip
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if profile_prefix:  # per-node timings (packager/profiling.py); the options are otherwise the timed ones
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
@@ -261,3 +268,7 @@ class OnnxSession:
         if len(inputs) != len(self._names):
             raise UsageError(f"model takes {len(self._names)} input(s) {self._names}, got {len(inputs)}")
         return list(self._sess.run(None, dict(zip(self._names, inputs, strict=True))))
+
+    def end_profiling(self) -> str:
+        """Stop profiling (a session made with ``profile_prefix``) and return the JSON file ORT wrote."""
+        return str(self._sess.end_profiling())

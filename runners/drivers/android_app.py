@@ -62,6 +62,7 @@ def remote_files(spec: dict[str, Any]) -> list[str]:
     for a in spec["artifacts"]:
         files.append(a["path"])
         files.extend(a.get("extra_files") or [])
+        files.extend((a.get("profiling") or {}).values())  # only in a profiling spec (runners/matrix.py)
     ref = spec.get("reference") or {}
     files.extend(t["path"] for t in ref.get("inputs", []) + ref.get("outputs", []))
     return list(dict.fromkeys(files))

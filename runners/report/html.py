@@ -182,6 +182,9 @@ def render_html(outcome: Any) -> str:
         out += [f"<h2>Latency distribution — {escape(title)}</h2>", note, _latency_section(outcome, group)]
         out += [f"<h2>Peak memory — {escape(title)}</h2>", _memory_section(outcome, group)]
         out += [f"<h2>Accuracy vs latency — {escape(title)}</h2>", _accuracy_section(group)]
+    from runners.report.profiles import html as profile_html
+
+    out.append(profile_html(r))
     out += ["<h2>History</h2>", _trend_section(outcome)]
     out += ["<h2>Device facts</h2>", _facts_table(r)]
     out += ["<h2>Settings</h2>", f"<pre>{escape(json.dumps(r.get('config') or {}, indent=2, default=str))}</pre>"]

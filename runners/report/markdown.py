@@ -111,6 +111,9 @@ def render_markdown(outcome: Any) -> str:
             f"{fmt_num(st.get('p50_ms'), 'ms')} | {fmt_num(st.get('p90_ms'), 'ms')} | {fmt_num(mem, 'MB')} |"
         )
     lines.append("")
+    from runners.report.profiles import markdown as profile_markdown
+
+    lines += profile_markdown(r)
     if outcome.warnings or outcome.notes:
         lines += ["### Notes", ""]
         lines += [f"- ⚠️ {w}" for w in outcome.warnings] + [f"- {n}" for n in outcome.notes]

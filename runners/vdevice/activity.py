@@ -88,6 +88,8 @@ def spec_files(spec: dict[str, Any]) -> list[str]:
         out.append(check_relative(a["path"], f"artifacts[{i}].path"))
         for j, e in enumerate(a.get("extra_files") or []):
             out.append(check_relative(e, f"artifacts[{i}].extra_files[{j}]"))
+        for kind, p in (a.get("profiling") or {}).items():
+            out.append(check_relative(p, f"artifacts[{i}].profiling.{kind}"))
     ref = spec.get("reference") or {}
     for kind in ("inputs", "outputs"):
         for j, t in enumerate(ref.get(kind) or []):

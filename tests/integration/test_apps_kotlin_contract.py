@@ -271,3 +271,88 @@ def test_app_int8_kernel_facts_agree_with_mpk_hostcpu(harness) -> None:
         want = int8_kernel(CpuFacts("cpu", "aarch64" if abi.startswith("arm64") else "x86_64", tuple(kt["features"])))
         assert (kt["name"], kt["saturates"]) == (want.name, want.saturates), (abi, kt)
     assert [k["name"] for k in got] == ["avx2", "amx", "arm64-udot", "arm64-neon"]
+
+
+def _real_ort_profile(tmp: Path, runs: int) -> Path:
+    """A real ONNX Runtime profile of a small conv net (the JSON enable_profiling writes), ``runs`` inferences."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "fc")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+         helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, fc])  # fmt: skip
+    model = tmp / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp / "ort")
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    for _ in range(runs):
+        sess.run(None, {"x": x})
+    return Path(sess.end_profiling())
+
+
+def test_ort_profile_numbers_match_mpk_profiling(harness, tmp_path: Path) -> None:
+    """The app's ORT profile reading (contract/Profile.kt) gives mpk.profiling's rows and comparisons exactly."""
+    from mpk.contract.profile import finish
+    from mpk.profiling import aggregate, ort_events
+
+    runs, warmup = 6, 2
+    path = _real_ort_profile(tmp_path, runs + warmup)
+    (kt,) = harness({"op": "ortProfile", "path": str(path), "runs": runs, "warmup": warmup, "step_ns": 2_000_000,
+                     "p50": 1.5, "mean": 1.75})  # fmt: skip
+    events, seen = ort_events(json.loads(path.read_text()))
+    assert seen == runs + warmup and len(events) >= 4 * seen
+    py = finish({"status": "measured", "method": "m", "runs": runs, "profiled_ms": 2.0,
+                 "ops": aggregate([e for e in events if e.run >= warmup], runs)}, p50_ms=1.5, mean_ms=1.75)  # fmt: skip
+    assert [o["name"] for o in kt["ops"]] == [o["name"] for o in py["ops"]]
+    for k_op, p_op in zip(kt["ops"], py["ops"], strict=True):
+        for key in ("op_type", "provider", "delegated", "calls", "estimated"):
+            assert k_op[key] == p_op[key], key
+        for key in ("total_ms", "mean_ms", "share"):
+            assert k_op[key] == pytest.approx(p_op[key], rel=1e-12), key
+    for key in ("per_run_ms", "vs_p50", "overhead", "unprofiled_p50_ms", "unprofiled_mean_ms", "profiled_ms"):
+        assert kt[key] == pytest.approx(py[key], rel=1e-12), key
+    assert kt["status"] == "measured" and kt["runs"] == runs and kt["notes"] == []
+    assert schema_problems(_with_profile(kt), "runner_result") == []
+
+
+def _with_profile(profile: dict) -> dict:
+    art = {"id": "onnx-fp32", "backend": "onnx", "scheme": "fp32", "status": "ok", "profile": profile}
+    return {"schema_version": "mpk.runner-result/1", "run_id": "r", "device_id": "d", "emulated": False,
+            "runner": {"name": "android_app", "version": "0", "runtimes": {"executorch": "1.4.1", "onnxruntime": "x"}},
+            "device": {"model": "m", "abi": "arm64-v8a", "os": "android", "cores": 8},
+            "settings": {"threads": 1, "warmup_iterations": 0, "min_iterations": 1, "min_seconds": 0.0},
+            "started_utc": "t", "finished_utc": "t", "artifacts": [art]}  # fmt: skip
+
+
+def test_profiled_pass_comes_after_everything_and_leaves_the_timed_loop_alone(harness, tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path, n_art=1)
+    spec = json.loads(spec_path.read_text())
+    spec["settings"]["profile"] = True
+    assert schema_problems(spec, "runner_spec") == []
+    spec_path.write_text(json.dumps(spec))
+    profile = _real_ort_profile(tmp_path, 20 + 3)
+    ref = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(3, 10)
+    (r,) = harness({"op": "measure", "spec": str(spec_path), "linked": LINKED, "outputs": [ref[0].tolist()],
+                    "ort_profile": str(profile)})  # fmt: skip
+    ev = r["events"]
+    closed = ev.index("close")
+    assert ev[closed + 1] == "profile:20:3" and ev[closed + 2 :] == ["profiled-run"] * 23, ev[closed:]
+    out = r["outcome"]
+    assert out["iterations"] == 7 and ev[: closed + 1].count("run") == 1 + 3 + 7 + 3  # the timed loop as without
+    prof = out["profile"]
+    stats = LatencyStats.from_samples(out["samples_ms"]).to_dict()
+    assert prof["status"] == "measured" and prof["unprofiled_p50_ms"] == pytest.approx(stats["p50_ms"])
+    assert prof["vs_p50"] == pytest.approx(prof["per_run_ms"] / stats["p50_ms"] - 1)

@@ -33,6 +33,8 @@ RESULT_BLOCKS = {
     "Stats": RESULT["$defs"]["stats"],
     "Memory": RESULT["$defs"]["artifact_result"]["properties"]["memory"],
     "Accuracy": RESULT["$defs"]["artifact_result"]["properties"]["accuracy"],
+    "Profile": RESULT["$defs"]["profile"],
+    "ProfileOp": RESULT["$defs"]["profile_op"],
 }
 SPEC_BLOCKS = {
     "Top": SPEC,

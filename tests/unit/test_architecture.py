@@ -40,7 +40,7 @@ PACKAGES = ("mpk", "packager", "runners")
 #: (layer, module patterns); the most specific pattern (exact name, then longest glob) places a module
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["mpk", "mpk.errors", "mpk.registry", "mpk.textio", "mpk.yamlio", "mpk.outdir", "mpk.metrics",
-                    "mpk.hostcpu", "mpk.runtimes", "mpk.files", "mpk.raycluster", "mpk.contract",
+                    "mpk.profiling", "mpk.hostcpu", "mpk.runtimes", "mpk.files", "mpk.raycluster", "mpk.contract",
                     "mpk.contract.*"]),
     ("packager", ["packager", "packager.*"]),
     ("runners.base", ["runners", "runners.stats", "runners.memory", "runners.devicefacts", "runners.environment",

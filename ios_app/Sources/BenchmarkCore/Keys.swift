@@ -40,6 +40,7 @@ public enum ResultKeys {
         public static let minIterations = "min_iterations"
         public static let minSeconds = "min_seconds"
         public static let maxSeconds = "max_seconds"
+        public static let profile = "profile"
     }
 
     public enum Device {
@@ -79,6 +80,7 @@ public enum ResultKeys {
         public static let stats = "stats"
         public static let memory = "memory"
         public static let accuracy = "accuracy"
+        public static let profile = "profile"
     }
 
     public enum Error {
@@ -117,6 +119,45 @@ public enum ResultKeys {
         public static let snrDb = "snr_db"
         public static let top1Agreement = "top1_agreement"
     }
+
+    /// $defs.profile: the separate profiled pass after the timed loop (Profile.swift)
+    public enum Profile {
+        public static let status = "status"
+        public static let method = "method"
+        public static let granularity = "granularity"
+        public static let runtime = "runtime"
+        public static let kernel = "kernel"
+        public static let runs = "runs"
+        public static let ops = "ops"
+        public static let perRunMs = "per_run_ms"
+        public static let profiledMs = "profiled_ms"
+        public static let unprofiledP50Ms = "unprofiled_p50_ms"
+        public static let unprofiledMeanMs = "unprofiled_mean_ms"
+        public static let vsP50 = "vs_p50"
+        public static let overhead = "overhead"
+        public static let attributedShare = "attributed_share"
+        public static let sourceMap = "source_map"
+        public static let limits = "limits"
+        public static let notes = "notes"
+    }
+
+    /// $defs.profile_op: one row (module, unit and source are filled in by mpk from the package's op map)
+    public enum ProfileOp {
+        public static let name = "name"
+        public static let opType = "op_type"
+        public static let provider = "provider"
+        public static let delegated = "delegated"
+        public static let calls = "calls"
+        public static let totalMs = "total_ms"
+        public static let meanMs = "mean_ms"
+        public static let share = "share"
+        public static let module = "module"
+        public static let unit = "unit"
+        public static let source = "source"
+        public static let estimated = "estimated"
+        public static let opCounts = "op_counts"
+        public static let delegatedOps = "delegated_ops"
+    }
 }
 
 public enum SpecKeys {
@@ -138,6 +179,7 @@ public enum SpecKeys {
         public static let minIterations = "min_iterations"
         public static let minSeconds = "min_seconds"
         public static let maxSeconds = "max_seconds"
+        public static let profile = "profile"
     }
 
     public enum Reference {

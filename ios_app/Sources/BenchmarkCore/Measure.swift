@@ -15,6 +15,15 @@ public protocol RuntimeHost {
     func open(_ artifact: Spec.Artifact, url: URL) throws -> ModelRunner
     /// Lower-case hex SHA-256 of a file or directory (an .mlpackage), as packager/manifest.py sha256_path.
     func sha256(_ url: URL) throws -> String
+    /// The profiled pass after the timed loop ($defs.profile): per-op times where the runtime gives them, else
+    /// `Profiles.unavailable` saying why.
+    func profile(_ artifact: Spec.Artifact, url: URL) -> [String: Any]
+}
+
+extension RuntimeHost {
+    public func profile(_ artifact: Spec.Artifact, url: URL) -> [String: Any] {
+        Profiles.unavailable(method: "no profiler for \(artifact.backend) artifacts in this runner", limits: [])
+    }
 }
 
 /// The app's memory in MB (2^20 bytes). iOS: phys_footprint, the peak sampled (MpkBenchApp/Memory.swift).
@@ -99,6 +108,10 @@ public enum Measurement {
         } catch {
             if o.memory == nil { _ = memory.stopPeak() }
             o.errorKind = "inference"; o.errorMessage = "\(error)"
+        }
+        if spec.settings.profile && o.errorKind == nil, let stats = try? LatencyStats(samplesMs: o.samplesMs) {
+            // 7. after everything else: the profile is a pass of its own, compared with the timed loop, never in it
+            o.profile = Profiles.finish(host.profile(art, url: url), p50Ms: stats.p50Ms, meanMs: stats.meanMs)
         }
         return o
     }

@@ -13,6 +13,8 @@ public struct ArtifactOutcome {
     public var memory: (baseline: Double, peak: Double)? = nil
     public var memorySource = "task_info(TASK_VM_INFO) phys_footprint, peak sampled"
     public var accuracy: [String: Any]? = nil
+    /// the profiled pass (Profile.swift), when the spec asked for one
+    public var profile: [String: Any]? = nil
 
     public init(artifact: Spec.Artifact) { self.artifact = artifact }
 
@@ -34,6 +36,7 @@ public struct ArtifactOutcome {
             ResultKeys.Artifact.warmupIterations: warmupIterations, ResultKeys.Artifact.iterations: samplesMs.count,
             ResultKeys.Artifact.samplesMs: samplesMs, ResultKeys.Artifact.stats: stats,
             ResultKeys.Artifact.memory: mem, ResultKeys.Artifact.accuracy: accuracy ?? NSNull(),
+            ResultKeys.Artifact.profile: profile ?? NSNull(),
         ]
     }
 }
@@ -85,6 +88,7 @@ public enum ResultWriter {
                 ResultKeys.Settings.warmupIterations: s.warmupIterations,
                 ResultKeys.Settings.minIterations: s.minIterations, ResultKeys.Settings.minSeconds: s.minSeconds,
                 ResultKeys.Settings.maxSeconds: s.maxSeconds ?? NSNull(),
+                ResultKeys.Settings.profile: s.profile,
             ] as [String: Any],
             ResultKeys.Top.startedUtc: started,
             ResultKeys.Top.finishedUtc: finished,

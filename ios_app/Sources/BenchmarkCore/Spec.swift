@@ -7,6 +7,8 @@ public struct Spec {
         public let cpuAffinity: [Int]?
         public let minSeconds: Double
         public let maxSeconds: Double?
+        /// a separate profiled pass per artifact after its timed loop (mpk bench --profile)
+        public var profile = false
     }
 
     public struct TensorFile {
@@ -73,7 +75,8 @@ public struct Spec {
             minIterations: int(s, SpecKeys.Settings.minIterations, "settings"),
             cpuAffinity: s[SpecKeys.Settings.cpuAffinity] as? [Int],
             minSeconds: (s[SpecKeys.Settings.minSeconds] as? NSNumber)?.doubleValue ?? 0,
-            maxSeconds: (s[SpecKeys.Settings.maxSeconds] as? NSNumber)?.doubleValue)
+            maxSeconds: (s[SpecKeys.Settings.maxSeconds] as? NSNumber)?.doubleValue,
+            profile: (s[SpecKeys.Settings.profile] as? Bool) ?? false)
         func files(_ v: Any?, _ w: String) -> [TensorFile] {
             (v as? [[String: Any]] ?? []).enumerated().map { i, m in
                 TensorFile(name: str(m, SpecKeys.TensorFile.name, "\(w)[\(i)]"),

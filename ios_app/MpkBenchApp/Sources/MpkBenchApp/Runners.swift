@@ -105,6 +105,20 @@ struct AppRuntimes: RuntimeHost {
         }
     }
 
+    /// The profiled pass: neither runtime's public API times single ops on iOS, so the result says so (mpk's
+    /// per-unit ExecuTorch estimate needs the host's lowering; it runs on the host runner and the virtual device).
+    func profile(_ artifact: Spec.Artifact, url: URL) -> [String: Any] {
+        if artifact.backend == "executorch" {
+            return Profiles.unavailable(
+                method: "ExecuTorch Swift package",
+                limits: ["the ExecuTorch Swift API (swiftpm-1.4.1, extension/apple/ExecuTorch/Exported) declares no ETDump or profiling call: no op is timed on its own here"],
+                runtime: "executorch " + RuntimeVersions.executorch)
+        }
+        return Profiles.unavailable(
+            method: "CoreML",
+            limits: ["CoreML reports no per-op time; MLComputePlan (iOS 17.4+) gives estimated relative costs per op, which this app does not read yet"])
+    }
+
     /// packager/manifest.py sha256_path: a file's SHA-256; for a directory (.mlpackage) the SHA-256 over its files
     /// in path order (components compared in turn), each as relative path + NUL + the file's own SHA-256 digest.
     func sha256(_ url: URL) throws -> String {

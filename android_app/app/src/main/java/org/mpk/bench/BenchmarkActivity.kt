@@ -53,7 +53,7 @@ class BenchmarkActivity : Activity() {
             outDir = File(filesDir, "mpk/$runId")
             outDir.mkdirs()
             File(outDir, DONE).delete()
-            val result = measure(spec)
+            val result = measure(spec, outDir)
             writeAtomically(File(outDir, RESULT), Json.write(result))
             writeAtomically(File(outDir, DONE), "ok")
             Log.i(TAG, "MPK_DONE run_id=$runId status=ok")
@@ -71,12 +71,13 @@ class BenchmarkActivity : Activity() {
         }
     }
 
-    private fun measure(spec: Spec): Map<String, Any?> {
+    private fun measure(spec: Spec, outDir: File): Map<String, Any?> {
         val started = utcNow()
         val tempsBefore = DeviceInfo.temperatures()
         // contract/Measure.kt holds the measuring order (runtime loaded before the baseline, peak read before the
         // accuracy pass) and the sha256 and runtime-version checks, as plain JVM code mpk's CI runs.
-        val outcomes = spec.artifacts.map { Measurement.measureOne(spec, it, AndroidRuntimes, Memory) }
+        // settings.profile: a profiled pass per artifact after its timed loop; ORT's profile files go to outDir
+        val outcomes = spec.artifacts.map { Measurement.measureOne(spec, it, AndroidRuntimes, Memory, workDir = outDir) }
         val facts = DeviceInfo.facts(this, tempsBefore, DeviceInfo.temperatures())
         return ResultWriter.build(
             spec, "android_app", BuildConfig.VERSION_NAME, AndroidRuntimes.versions, DeviceInfo.isEmulator(), facts,

@@ -24,6 +24,17 @@ interface RuntimeHost {
 
     /** Load [file] (the artifact's main file) and make it ready to run; throws [UnsupportedBackend] if not linked. */
     fun open(artifact: ArtifactSpec, file: File, threads: Int): ModelRunner
+
+    /**
+     * A separate profiled pass of [file] on a session of its own, after the timed loop: the runtime's own per-op
+     * timings ([Profiles.measured]), or [Profiles.unavailable] saying what it cannot do. [workDir] is the app's
+     * own folder for the runtime's profile files. Default: no profiler for this backend.
+     */
+    fun profile(
+        artifact: ArtifactSpec, file: File, threads: Int, inputs: List<InputTensor>, runs: Int, warmup: Int,
+        workDir: File
+    ): MutableMap<String, Any?> =
+        Profiles.unavailable("no profiler for ${artifact.backend} artifacts in this runner", emptyList())
 }
 
 /** The app's process memory, in MB (2^20 bytes). Android: device/Memory.kt. */

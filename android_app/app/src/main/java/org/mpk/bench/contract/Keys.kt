@@ -48,6 +48,7 @@ object ResultKeys {
         const val MIN_ITERATIONS = "min_iterations"
         const val MIN_SECONDS = "min_seconds"
         const val MAX_SECONDS = "max_seconds"
+        const val PROFILE = "profile"
     }
 
     /** $defs.device_facts */
@@ -90,6 +91,46 @@ object ResultKeys {
         const val STATS = "stats"
         const val MEMORY = "memory"
         const val ACCURACY = "accuracy"
+        const val PROFILE = "profile"
+    }
+
+    /** $defs.profile: the separate profiled pass after the timed loop (contract/Profile.kt) */
+    object Profile {
+        const val STATUS = "status"
+        const val METHOD = "method"
+        const val GRANULARITY = "granularity"
+        const val RUNTIME = "runtime"
+        const val KERNEL = "kernel"
+        const val RUNS = "runs"
+        const val OPS = "ops"
+        const val PER_RUN_MS = "per_run_ms"
+        const val PROFILED_MS = "profiled_ms"
+        const val UNPROFILED_P50_MS = "unprofiled_p50_ms"
+        const val UNPROFILED_MEAN_MS = "unprofiled_mean_ms"
+        const val VS_P50 = "vs_p50"
+        const val OVERHEAD = "overhead"
+        const val ATTRIBUTED_SHARE = "attributed_share"
+        const val SOURCE_MAP = "source_map"
+        const val LIMITS = "limits"
+        const val NOTES = "notes"
+    }
+
+    /** $defs.profile_op: one op row (module, unit and source are filled in by mpk from the package's op map) */
+    object ProfileOp {
+        const val NAME = "name"
+        const val OP_TYPE = "op_type"
+        const val PROVIDER = "provider"
+        const val DELEGATED = "delegated"
+        const val CALLS = "calls"
+        const val TOTAL_MS = "total_ms"
+        const val MEAN_MS = "mean_ms"
+        const val SHARE = "share"
+        const val MODULE = "module"
+        const val UNIT = "unit"
+        const val SOURCE = "source"
+        const val ESTIMATED = "estimated"
+        const val OP_COUNTS = "op_counts"
+        const val DELEGATED_OPS = "delegated_ops"
     }
 
     /** $defs.artifact_result.properties.error */
@@ -158,6 +199,7 @@ object SpecKeys {
         const val MIN_ITERATIONS = "min_iterations"
         const val MIN_SECONDS = "min_seconds"
         const val MAX_SECONDS = "max_seconds"
+        const val PROFILE = "profile"
     }
 
     object Reference {

@@ -14,17 +14,45 @@ import java.security.MessageDigest
  *  4. first inference, warm-up and the timed loop ([BenchmarkLoop]);
  *  5. the peak (and PSS) is read right after the timed loop, BEFORE the accuracy pass, so the comparison's
  *     allocations never count as the model's;
- *  6. the accuracy pass over the reference samples.
+ *  6. the accuracy pass over the reference samples;
+ *  7. only when the spec asks (settings.profile), after the model is closed: a separate profiled pass on a
+ *     session of its own ([RuntimeHost.profile]); it never touches the timed samples, it is compared with them.
  * Everything here is plain JVM code: mpk's CI runs it with a fake runtime and checks this order.
  */
 object Measurement {
+    /** profiled inferences after [PROFILE_WARMUP] untimed ones (the host runner's packager/profiling.py numbers) */
+    const val PROFILE_RUNS = 20
+    const val PROFILE_WARMUP = 3
+
     fun measureOne(
         spec: Spec,
         art: ArtifactSpec,
         host: RuntimeHost,
         memory: MemoryProbe,
         gc: () -> Unit = { System.gc() },
-        clockNs: () -> Long = { System.nanoTime() }
+        clockNs: () -> Long = { System.nanoTime() },
+        workDir: File? = null
+    ): ArtifactOutcome {
+        val outcome = measureTimed(spec, art, host, memory, gc, clockNs)
+        if (!spec.settings.profile || !outcome.ok) return outcome
+        val stats = LatencyStats.fromSamples(outcome.samplesMs)
+        val inputs = referenceData(spec, art).first[0]
+        val profile = try {
+            host.profile(art, spec.resolve(art.path), spec.settings.threads, inputs, PROFILE_RUNS, PROFILE_WARMUP,
+                workDir ?: spec.dir)
+        } catch (e: Throwable) {  // the measurement stands; the profile says why it is missing
+            Profiles.unavailable("the profiled pass failed", listOf("${e.javaClass.simpleName}: ${e.message}"))
+        }
+        return outcome.withProfile(Profiles.finish(profile, stats.p50Ms, stats.meanMs))
+    }
+
+    private fun measureTimed(
+        spec: Spec,
+        art: ArtifactSpec,
+        host: RuntimeHost,
+        memory: MemoryProbe,
+        gc: () -> Unit,
+        clockNs: () -> Long
     ): ArtifactOutcome {
         val file = spec.resolve(art.path)
         if (!file.canRead()) return ArtifactOutcome(art, ErrorKind.LOAD, "cannot read ${file.path}")

@@ -9,7 +9,9 @@ data class Settings(
     val warmupIterations: Int,
     val minIterations: Int,
     val minSeconds: Double,
-    val maxSeconds: Double?
+    val maxSeconds: Double?,
+    /** a separate profiled pass per artifact after its timed loop (mpk bench --profile) */
+    val profile: Boolean = false
 )
 
 /** One reference tensor file: N samples of [shape] stacked along a new leading axis, raw little-endian. */
@@ -74,7 +76,8 @@ data class Spec(
                 minIterations = int(s, SpecKeys.Settings.MIN_ITERATIONS, "settings", p) ?: 1,
                 minSeconds = (s?.get(SpecKeys.Settings.MIN_SECONDS) as? Number)?.toDouble()
                     ?: 0.0.also { p.add("settings.min_seconds: expected a number") },
-                maxSeconds = (s?.get(SpecKeys.Settings.MAX_SECONDS) as? Number)?.toDouble()
+                maxSeconds = (s?.get(SpecKeys.Settings.MAX_SECONDS) as? Number)?.toDouble(),
+                profile = s?.get(SpecKeys.Settings.PROFILE) == true
             )
             val ref = (root[SpecKeys.Top.REFERENCE] as? Map<*, *>)?.let { r ->
                 Reference(

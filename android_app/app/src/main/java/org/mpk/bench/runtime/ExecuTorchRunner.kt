@@ -34,6 +34,9 @@ class ExecuTorchRunner(file: File, threads: Int) : ModelRunner {
         return out.filter { it.isTensor }.map { it.toTensor().dataAsFloatArray }
     }
 
+    /** Writes the ETDump of the runs so far to [path]; false when the AAR has no event tracer (its default). */
+    fun etdump(path: String): Boolean = module.etdump(path)
+
     override fun close() {
         module.destroy()
     }

@@ -17,7 +17,7 @@ import org.mpk.bench.contract.ModelRunner
  * so a thread count means the same thing on both. Inputs are bound by the manifest's names and order;
  * outputs come back in the model's declared order.
  */
-class OrtRunner(file: File, threads: Int, specInputNames: List<String>) : ModelRunner {
+class OrtRunner(file: File, threads: Int, specInputNames: List<String>, profilePath: String? = null) : ModelRunner {
     private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
     private val session: OrtSession
     private val inputNames: List<String>
@@ -26,6 +26,8 @@ class OrtRunner(file: File, threads: Int, specInputNames: List<String>) : ModelR
         val opts = OrtSession.SessionOptions()
         opts.setIntraOpNumThreads(threads)
         opts.setInterOpNumThreads(1)
+        // the profiled pass only (contract/Profile.kt): otherwise the very options of the timed loop
+        if (profilePath != null) opts.enableProfiling(profilePath)
         session = env.createSession(file.absolutePath, opts)
         // The manifest's names win when present; otherwise the model's own declared order.
         inputNames = if (specInputNames.isNotEmpty()) specInputNames else session.inputNames.toList()
@@ -53,6 +55,9 @@ class OrtRunner(file: File, threads: Int, specInputNames: List<String>) : ModelR
             tensors.forEach { it.close() }
         }
     }
+
+    /** Ends profiling and returns the file ORT wrote its profile to (a session made with a profilePath). */
+    fun endProfiling(): String = session.endProfiling()
 
     override fun close() {
         session.close()
