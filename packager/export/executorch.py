@@ -14,7 +14,6 @@ exception lets us.
 from __future__ import annotations
 
 import collections
-import operator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,6 @@ from packager.types import Dataset, ExportedArtifact, LoadedModel
 
 #: graph nodes that move data around but compute nothing; left out of the op counts
 _BOOKKEEPING = {"getitem"}
-
-
-def _op_name(target: Any) -> str:
-    """``aten.convolution.default`` style name for a call_function target (aten and edge ops alike)."""
-    if target is operator.getitem:
-        return "getitem"
-    op = getattr(target, "_op", target)  # edge ops wrap an OpOverload in ``_op``
-    name = getattr(op, "name", None)
-    if callable(name):
-        try:
-            return str(name()).replace("::", ".")
-        except Exception:  # an odd target without a schema; the generic spelling below will do
-            pass
-    return getattr(target, "__name__", None) or str(target)
 
 
 def _is_delegate_call(node: Any) -> bool:
@@ -66,11 +51,11 @@ def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int
             backends.add(lowered.backend_id)
             for inner in lowered.original_module.graph_module.graph.nodes:
                 if inner.op == "call_function":
-                    name = _op_name(inner.target)
+                    name = source_map.op_name(inner.target)
                     if name not in _BOOKKEEPING:
                         delegated[name] += 1
             continue
-        name = _op_name(node.target)
+        name = source_map.op_name(node.target)
         if name not in _BOOKKEEPING:
             undelegated[name] += 1
     n_del, n_und = sum(delegated.values()), sum(undelegated.values())

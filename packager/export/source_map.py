@@ -193,9 +193,9 @@ def write_onnx_opmap(model: Any, artifact: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- ExecuTorch
 
 
-def _op_name(target: Any) -> str:
+def op_name(target: Any) -> str:
     """``aten.convolution.default``-style name of an fx target, spelled as the manifest's op_summary spells it
-    (packager/export/executorch.py counts ops the same way; a test checks the two agree)."""
+    (the one spelling: packager/export/executorch.py counts op_summary with it too)."""
     if target is operator.getitem:
         return "getitem"
     op = getattr(target, "_op", target)  # edge ops wrap an OpOverload in ``_op``
@@ -252,7 +252,7 @@ def _graph_ops(graph: Any, modules: dict[str, str]) -> list[tuple[Any, str, str 
         cache[n] = m
         return m
 
-    ops = [n for n in graph.nodes if n.op == "call_function" and _op_name(n.target) != "getitem"]
+    ops = [n for n in graph.nodes if n.op == "call_function" and op_name(n.target) != "getitem"]
     # an op of constants only (a weight's dequantize, hoisted to the top by PT2E) is listed right before the op
     # that reads it, so it falls in that op's unit
     # (in a delegate's graph weights are placeholders: a dequantize of placeholders only is a weight's)
@@ -266,7 +266,7 @@ def _graph_ops(graph: Any, modules: dict[str, str]) -> list[tuple[Any, str, str 
         order.extend(a for a in n.all_input_nodes if a in late and a not in order)
         order.append(n)
     order.extend(n for n in ops if n not in order)
-    return [(n, _op_name(n.target), module_of(n)) for n in order]
+    return [(n, op_name(n.target), module_of(n)) for n in order]
 
 
 def _edge_nodes(edge_program: Any, modules: dict[str, str]) -> Iterable[dict[str, Any]]:
