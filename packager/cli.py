@@ -165,6 +165,13 @@ def render_summary(
     help="Static int8 (ExecuTorch, ONNX): correct Conv biases for int8's mean shift on calibration data (default on).",
 )
 @click.option(
+    "--onnx-reduce-range/--no-onnx-reduce-range",
+    "onnx_reduce_range",
+    default=None,
+    help="ONNX int8: 7-bit weights, computed exactly by x86 CPUs without VNNI too (default off: full 8-bit weights, "
+    "exact on phones and VNNI x86, saturating on other x86; README 'int8 on different CPUs').",
+)
+@click.option(
     "--no-cache", "no_cache", is_flag=True, default=False, help="Build and verify everything afresh (no cache)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")

@@ -61,6 +61,9 @@ class Recipe:
     compression: CompressionConfig | None = None
     #: static int8 (executorch, onnx): correct Conv biases for int8's mean shift (packager/export/*bias_correction.py)
     bias_correction: bool = True
+    #: ONNX int8: 7-bit weights (ONNX Runtime's ``reduce_range``), which x86 CPUs without VNNI compute exactly;
+    #: full 8-bit weights are right for phones and VNNI x86 and lose accuracy there (mpk/hostcpu.py)
+    onnx_reduce_range: bool = False
 
     def __post_init__(self) -> None:
         compression, problems = _parse_compression(self.compression)
@@ -196,7 +199,7 @@ def _validate(r: Recipe) -> list[str]:
             problems.append(f"{name}: expected an integer >= {lo}, got {v!r}")
     if r.threads is not None and (not isinstance(r.threads, int) or r.threads < 1):
         problems.append(f"threads: expected a positive integer, got {r.threads!r}")
-    for name in ("cache", "force", "bias_correction"):
+    for name in ("cache", "force", "bias_correction", "onnx_reduce_range"):
         if not isinstance(getattr(r, name), bool):
             problems.append(f"{name}: expected true or false, got {getattr(r, name)!r}")
     if r.preprocess is not None:

@@ -363,6 +363,8 @@ def exporter_for(name: str, overrides: Mapping[str, Any] | None, recipe: Recipe)
         exporter = target() if isinstance(target, type) else target
     if hasattr(exporter, "bias_correction"):
         exporter.bias_correction = recipe.bias_correction
+    if hasattr(exporter, "reduce_range"):
+        exporter.reduce_range = recipe.onnx_reduce_range
     return exporter
 
 
@@ -418,6 +420,7 @@ def plan_jobs(
             inputs=[s.to_dict() for s in info.inputs],
             seed=recipe.seed,
             bias_correction=recipe.bias_correction if calibration is not None else None,
+            reduce_range=recipe.onnx_reduce_range if backend == "onnx" and scheme.startswith("int8") else None,
         )
         jobs.append(
             ArtifactJob(

@@ -194,7 +194,8 @@ def _verdicts_differ(host_metrics: dict[str, Any], host_missed: list[str], misse
     shown = f"cosine {cos:.4f}" + (f", top-1 agreement {top1:.3f}" if top1 is not None else "")
     if host_missed:
         why = (
-            f"its int8 kernel ({kernel.name}: {kernel.why}) saturates; ARM64 phones and x86 CPUs with VNNI do not"
+            f"its int8 kernel ({kernel.name}: {kernel.why}) saturates; ARM64 phones and x86 CPUs with VNNI do not "
+            "(mpk package --onnx-reduce-range makes artifacts that CPUs like this one compute exactly)"
             if kernel.saturates
             else "cause unknown: this host's kernel does not saturate"
         )

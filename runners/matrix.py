@@ -332,6 +332,7 @@ class Bench:
             self._map_profile(art, artifact, plan)
         err = art.get("error")
         outcome = outcome_of(art)
+        exact = int8_exact(artifact, result["device"])
         return {
             "device_id": plan.device.id,
             "ran_on": target.id,
@@ -352,6 +353,7 @@ class Bench:
             "started_utc": started,
             "finished_utc": finished,
             "result": art,
+            **({} if exact is None else {"int8_exact": exact}),
         }
 
     def _map_profile(self, art: dict, artifact: dict, plan: Plan) -> None:
@@ -396,6 +398,23 @@ class _NullLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def int8_exact(artifact: dict, device: dict | None) -> bool | None:
+    """Whether the CPU that ran an ONNX int8 artifact computed its graph exactly (None: not an ONNX int8 cell).
+
+    False when that CPU's ONNX Runtime int8 kernel adds byte products in saturating 16-bit pairs (x86 without
+    VNNI; the runner's device facts say so, mpk/hostcpu.py) and the artifact's weights use the full int8 range
+    (the manifest's ``details.quantizer.saturation_safe``; ``mpk package --onnx-reduce-range`` makes it safe).
+    Then its measured accuracy is that CPU's, not the artifact's: the gate warns instead of judging it.
+    """
+    if artifact.get("backend") != "onnx" or not str(artifact.get("scheme", "")).startswith("int8"):
+        return None
+    kernel = (device or {}).get("int8_kernel") or {}
+    if "saturates" not in kernel:
+        return None  # a runner that does not report its CPU's kernel: unknown
+    safe = bool(((artifact.get("details") or {}).get("quantizer") or {}).get("saturation_safe"))
+    return bool(safe or not kernel["saturates"])
 
 
 def _plan_or_skip(bench: Bench, device: DeviceSpec) -> Plan:

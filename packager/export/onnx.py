@@ -74,13 +74,26 @@ class _Reader:
         pass
 
 
+def saturation(reduce_range: bool) -> dict[str, Any]:
+    """What the int8 artifact's weights mean for CPUs' kernels (:mod:`mpk.hostcpu`), for the manifest.
+
+    uint8 activations times int8 weights, added in pairs into a saturating int16 (``vpmaddubsw``, x86 without
+    VNNI): 2 x 255 x 127 = 64,770 overflows, 2 x 255 x 64 = 32,640 (7-bit weights) does not.
+    """
+    if reduce_range:
+        return {"reduce_range": True, "saturation_safe": True}
+    return {"reduce_range": False, "saturation_safe": False}
+
+
 class OnnxExporter(Exporter):
     name = "onnx"
     suffix = ".onnx"
 
-    def __init__(self, *, bias_correction: bool = True) -> None:
+    def __init__(self, *, bias_correction: bool = True, reduce_range: bool = False) -> None:
         #: static int8 only: correct Conv biases for the mean shift int8 weights cause (recipe ``bias_correction``)
         self.bias_correction = bias_correction
+        #: int8: 7-bit weights, which no x86 int8 kernel saturates on (recipe ``onnx_reduce_range``; see saturation)
+        self.reduce_range = reduce_range
 
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
         check_combination(self.name, scheme)
@@ -169,6 +182,7 @@ class OnnxExporter(Exporter):
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=external,
+            reduce_range=self.reduce_range,
         )
         details: dict[str, Any] = {
             "name": "quantize_static",
@@ -178,6 +192,7 @@ class OnnxExporter(Exporter):
             "weight_type": "QInt8",
             "calibrate_method": "MinMax",
             "calibration_samples": len(calibration),
+            **saturation(self.reduce_range),
         }
         if correct:
             details["bias_correction"] = self._correct_biases(model, pre, plain, dst, calibration)
@@ -212,8 +227,10 @@ class OnnxExporter(Exporter):
             per_channel=True,
             weight_type=QuantType.QInt8,
             use_external_data_format=external,
+            reduce_range=self.reduce_range,
         )
-        return {"name": "quantize_dynamic", "per_channel": True, "weight_type": "QInt8", "ops": _DYNAMIC_OPS}
+        return {"name": "quantize_dynamic", "per_channel": True, "weight_type": "QInt8", "ops": _DYNAMIC_OPS,
+                **saturation(self.reduce_range)}  # fmt: skip
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:
         return OnnxSession(path, threads=threads)

@@ -219,6 +219,8 @@ def check_cell(
                       verdict="error" if infra else "fail", message=f"{what}: {reason}", **base)]  # fmt: skip
     out: list[Check] = []
     for metric, rb in budgets.items():
+        if metric.startswith("accuracy.") and cell.get("int8_exact") is False:
+            continue  # this CPU did not compute the artifact's arithmetic: warned about by check_results
         unit = UNITS.get(metric, "")
         direction: Literal["max", "min"] = "min" if metric.startswith("accuracy.") else "max"
         name = f"{dev}/{art} {metric}"
@@ -304,13 +306,7 @@ def check_results(
         used.update(r.index for r in rules if r.applies(emulated=emulated, **sel))
         checks.extend(check_cell(cell, resolved, sizes=sizes))
         if resolved and _saturating_int8(cell):
-            kernel = cell["device"]["int8_kernel"]["name"]
-            cpu = cell["device"].get("host_cpu") or cell["device"].get("model")
-            saturated.append(
-                f"{cell_key(cell)} ran on {cpu}, whose ONNX Runtime int8 kernel ({kernel}) adds byte products in "
-                "saturating 16-bit pairs: its accuracy is this CPU's, not what an ARM64 phone or a VNNI CPU "
-                "computes from the same artifact (the manifest's verification judges the graph's exact arithmetic)"
-            )
+            saturated.append(_saturation_warning(cell, resolved))
         if resolved and cell["outcome"] == Outcome.UNSUPPORTED:
             unsupported.append(
                 f"{cell_key(cell)} could not be measured on {cell.get('ran_on') or cell.get('device_id')} "
@@ -331,12 +327,29 @@ def check_results(
 
 
 def _saturating_int8(cell: dict[str, Any]) -> bool:
-    """An ONNX int8 cell measured on a CPU whose int8 kernel saturates (see runners/devicefacts.int8_facts)."""
+    """An ONNX int8 cell measured on a CPU whose int8 kernel saturates (see runners/devicefacts.int8_facts)
+    that the bench did not find exact (``int8_exact``: the artifact's weights use the full int8 range)."""
     device = cell.get("device") or {}
     return bool(
         cell.get("backend") == "onnx"
         and str(cell.get("scheme", "")).startswith("int8")
         and (device.get("int8_kernel") or {}).get("saturates")
+        and cell.get("int8_exact") is not True
+    )
+
+
+def _saturation_warning(cell: dict[str, Any], resolved: dict[str, ResolvedBudget]) -> str:
+    kernel = cell["device"]["int8_kernel"]["name"]
+    cpu = cell["device"].get("host_cpu") or cell["device"].get("model")
+    acc = (cell.get("result") or {}).get("accuracy") or {}
+    seen = f" (cosine {acc['cosine']:.4f} there)" if isinstance(acc.get("cosine"), (int, float)) else ""
+    skipped = [m for m in resolved if m.startswith("accuracy.")] if cell.get("int8_exact") is False else []
+    what = f"; its accuracy budgets ({', '.join(skipped)}) are not checked" if skipped else ""
+    return (
+        f"{cell_key(cell)} ran on {cpu}, whose ONNX Runtime int8 kernel ({kernel}) adds byte products in saturating "
+        f"16-bit pairs, and its weights use the full int8 range: the accuracy measured{seen} is that CPU's, not "
+        f"what an ARM64 phone or a VNNI CPU computes from the artifact{what} (the manifest verifies the graph's "
+        "exact arithmetic; package with --onnx-reduce-range to gate accuracy on such CPUs)"
     )
 
 

@@ -87,3 +87,30 @@ def test_onnx_int8_verification_is_judged_on_the_reference(tmp_path: Path) -> No
     fp32 = ex.export(model, "fp32", None, tmp_path / "fp32")
     v32 = verify_artifact(ex, fp32, ev, ref, classifier=True, tolerances=tolerances_for("fp32"))
     assert v32["evaluation"] == "host" and "host_kernel" not in v32  # a float model has no int8 kernel
+
+
+def test_reduce_range_keeps_every_weight_pair_under_int16(tmp_path: Path) -> None:
+    """``--onnx-reduce-range``: 7-bit weights, so 2 x 255 x |w| never exceeds 32767 on any x86 kernel."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mpk.errors import ConfigError
+    from packager.export.onnx import OnnxExporter
+    from packager.recipe import Recipe
+    from tests.integration.export_models import calibration, conv_net
+
+    model = conv_net()
+    cal = calibration(tuple(model.inputs[0].shape), n=8, seed=1)
+    weights = {}
+    for reduce_range in (False, True):
+        art = OnnxExporter(reduce_range=reduce_range).export(model, "int8", cal, tmp_path / str(reduce_range))
+        q = art.details["quantizer"]
+        assert (q["reduce_range"], q["saturation_safe"]) == (reduce_range, reduce_range)
+        proto = onnx.load(str(art.path))
+        int8 = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        weights[reduce_range] = max(int(abs(w.astype(int)).max()) for w in int8 if w.ndim >= 2)
+    assert weights[False] == 127 and weights[True] <= 64, weights
+    assert 2 * 255 * weights[True] <= 32767 < 2 * 255 * weights[False]
+    assert Recipe(model="digits-cnn", onnx_reduce_range=True).onnx_reduce_range is True
+    with pytest.raises(ConfigError, match="onnx_reduce_range: expected true or false"):
+        Recipe(model="digits-cnn", onnx_reduce_range="yes")
