@@ -13,8 +13,10 @@ tolerance ever saw), evaluated three ways:
   AVX2 kernels, whose ``vpmaddubsw`` adds byte products in pairs into a saturating int16. The child also
   evaluates the reference on the evaluation views, to show it does not move with the CPU (``max |diff|``).
 
-Configurations (``--configs``): ``u8s8`` (mpk's: uint8 activations, int8 weights, full range), ``u8s8-rr``
-(``reduce_range``: 7-bit weights, which cannot saturate a 16-bit pair: 2 x 255 x 64 < 32767), ``s8s8``.
+Configurations (``--configs``): ``u8s8`` (mpk's default: uint8 activations, int8 weights, full range),
+``u8s8-rr`` (``reduce_range``, mpk's ``--onnx-reduce-range``: 7-bit weights, which cannot saturate a 16-bit
+pair: 2 x 255 x 64 < 32767), ``s8s8`` (ORT's documented default), ``u8u8`` (uint8 weights; ORT's docs name it
+as free of saturation). ``p50 ms`` is this CPU's ONNX Runtime, 1 thread, the configs' runs interleaved.
 
 Usage::
 
@@ -44,6 +46,7 @@ CONFIGS = {
     "u8s8": {"activation_type": "QUInt8", "weight_type": "QInt8"},
     "u8s8-rr": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True},
     "s8s8": {"activation_type": "QInt8", "weight_type": "QInt8"},
+    "u8u8": {"activation_type": "QUInt8", "weight_type": "QUInt8"},
 }
 
 
@@ -136,6 +139,7 @@ def main() -> None:
         pre = _preprocess(fp32, False)
         print("quantizing (ORT quantize_static + mpk bias correction, 32 calibration views)")
         arts = {n: _quantize(model, fp32, pre, cal, n, out) for n in names}
+        latency = _latency(arts, xs["eval"][:1])
         results: dict[str, np.ndarray] = {}
         for n, path in arts.items():
             for key in xs:
@@ -161,8 +165,8 @@ def main() -> None:
     print(f"this CPU:    {isa_label()}")
     if emu_label:
         print(f"AVX2 (qemu): {emu_label}")
-    print("\n| config | evaluated by | eval 96: top-1 | cosine | held-out 204: top-1 | cosine |")
-    print("|---|---|---|---|---|---|")
+    print("\n| config | evaluated by | eval 96: top-1 | cosine | held-out 204: top-1 | cosine | p50 ms here |")
+    print("|---|---|---|---|---|---|---|")
     for n in names:
         rows = [("reference (graph as written)", results, "reference"), ("this CPU's int8 kernel", results, "host")]
         if emulated is not None:
@@ -170,13 +174,31 @@ def main() -> None:
         for label, src, kind in rows:
             e_top, e_cos = _metrics(refs["eval"], src[f"{n}/eval/{kind}"])
             h_top, h_cos = _metrics(refs["held"], src[f"{n}/held/{kind}"])
+            ms = f"{latency[n]:.1f}" if kind == "host" and src is results else ""
             print(f"| {n} | {label} | {e_top}/96 ({e_top / 96:.3f}) | {e_cos:.4f} | "
-                  f"{h_top}/{len(refs['held'])} ({h_top / len(refs['held']):.3f}) | {h_cos:.4f} |")  # fmt: skip
+                  f"{h_top}/{len(refs['held'])} ({h_top / len(refs['held']):.3f}) | {h_cos:.4f} | {ms} |")  # fmt: skip
     if emulated is not None:
         worst = max(float(np.max(np.abs(emulated[f"{n}/eval/reference"] - results[f"{n}/eval/reference"])))
                     for n in names)  # fmt: skip
         print(f"\nreference under qemu vs this CPU, evaluation views, all configs: max |diff| of logits {worst:.2e}")
     print(f"total {seconds:.0f} s")
+
+
+def _latency(arts: dict[str, Path], x: np.ndarray, rounds: int = 100) -> dict[str, float]:
+    """p50 ms of one inference per config on this CPU, 1 thread, the configs interleaved round by round."""
+    from packager.export.onnx import OnnxSession
+
+    sessions = {n: OnnxSession(p, threads=1) for n, p in arts.items()}
+    for s in sessions.values():
+        for _ in range(10):
+            s.run((x,))
+    times: dict[str, list[float]] = {n: [] for n in sessions}
+    for _ in range(rounds):
+        for n, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run((x,))
+            times[n].append((time.perf_counter() - t0) * 1000)
+    return {n: float(np.median(t)) for n, t in times.items()}
 
 
 def _ort_version() -> str:
