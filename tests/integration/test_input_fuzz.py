@@ -104,6 +104,7 @@ def test_a_corrupt_pt2_is_one_line_without_torchs_traceback(tmp_path: Path) -> N
     import zipfile
 
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env.pop("TORCH_LOGS", None)  # mpk leaves a user's own TORCH_LOGS alone, so the test must not bring one
 
     def run(model: Path, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "mpk", "package", "--model", str(model), "--quantize", "none", "--backends",
