@@ -165,6 +165,18 @@ def render_summary(
     help="Static int8 (ExecuTorch, ONNX): correct Conv biases for int8's mean shift on calibration data (default on).",
 )
 @click.option(
+    "--float-fallback",
+    type=click.Choice(["auto", "off"]),
+    default=None,
+    help="int8: keep the worst layers in float until the calibration outputs meet the tolerance (auto; default off).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "language-model", "segmentation", "other"]),
+    default=None,
+    help="What the first output decides (top-1 per sample/position/pixel); default: declared or inferred.",
+)
+@click.option(
     "--no-cache", "no_cache", is_flag=True, default=False, help="Build and verify everything afresh (no cache)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")

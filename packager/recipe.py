@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from packager.compress.recipe_io import CompressionConfig
 
 DEFAULT_BACKENDS = ("executorch", "onnx")
+_TASKS = ("classification", "language-model", "segmentation", "other")
 DEFAULT_SCHEMES = ("none", "int8")
 
 
@@ -61,6 +62,12 @@ class Recipe:
     compression: CompressionConfig | None = None
     #: static int8 (executorch, onnx): correct Conv biases for int8's mean shift (packager/export/*bias_correction.py)
     bias_correction: bool = True
+    #: int8 (executorch, onnx): "auto" keeps the worst layers in float until the calibration outputs meet the
+    #: tolerance (packager/export/layer_errors.py); "off" quantizes what the backend's policy quantizes
+    float_fallback: str = "off"
+    #: what the first output decides (top-1 agreement per sample, per position, per pixel; mpk/metrics.py), or
+    #: "other"; None: the model's own ``mpk_task`` attribute, else inferred from its outputs
+    task: str | None = None
 
     def __post_init__(self) -> None:
         compression, problems = _parse_compression(self.compression)
@@ -196,6 +203,12 @@ def _validate(r: Recipe) -> list[str]:
             problems.append(f"{name}: expected an integer >= {lo}, got {v!r}")
     if r.threads is not None and (not isinstance(r.threads, int) or r.threads < 1):
         problems.append(f"threads: expected a positive integer, got {r.threads!r}")
+    if r.float_fallback not in ("auto", "off"):
+        problems.append(f"float_fallback: expected 'auto' or 'off', got {r.float_fallback!r}")
+    if r.task is not None and r.task not in _TASKS:
+        problems.append(
+            f"task: expected one of {', '.join(_TASKS)}, got {r.task!r}" + _nearest(str(r.task), list(_TASKS))
+        )
     for name in ("cache", "force", "bias_correction"):
         if not isinstance(getattr(r, name), bool):
             problems.append(f"{name}: expected true or false, got {getattr(r, name)!r}")

@@ -102,13 +102,17 @@ def load_model_stage(recipe: Recipe, cache: Cache, *, facts_from_cache: bool = T
     shapes = list(recipe.input_shapes) or None
 
     def loader() -> LoadedModel:
-        return load_model(recipe.model, input_shape=shapes)
+        return load_model(
+            recipe.model, input_shape=shapes, data=[recipe.evaluation, recipe.calibration], task=recipe.task
+        )
 
     def info_key() -> str | None:
         fingerprint = model_fingerprint(recipe.model) if cache.enabled else None
         if fingerprint is None:
             return None
-        return make_key(kind="model-info", fingerprint=fingerprint, spec=recipe.model, input_shapes=shapes)
+        return make_key(
+            kind="model-info", fingerprint=fingerprint, spec=recipe.model, input_shapes=shapes, task=recipe.task
+        )
 
     key = info_key()
     if key is not None and facts_from_cache:
@@ -363,6 +367,9 @@ def exporter_for(name: str, overrides: Mapping[str, Any] | None, recipe: Recipe)
         exporter = target() if isinstance(target, type) else target
     if hasattr(exporter, "bias_correction"):
         exporter.bias_correction = recipe.bias_correction
+    if hasattr(exporter, "float_fallback"):
+        exporter.float_fallback = recipe.float_fallback
+        exporter.tolerance_overrides = recipe.tolerances
     return exporter
 
 
@@ -418,6 +425,9 @@ def plan_jobs(
             inputs=[s.to_dict() for s in info.inputs],
             seed=recipe.seed,
             bias_correction=recipe.bias_correction if calibration is not None else None,
+            float_fallback=(recipe.float_fallback, recipe.tolerances.get(scheme), info.task)
+            if scheme.startswith("int8") and backend in ("executorch", "onnx")
+            else None,
         )
         jobs.append(
             ArtifactJob(

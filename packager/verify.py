@@ -51,10 +51,14 @@ def compute_metrics(
     reference: list[np.ndarray],
     actual: list[np.ndarray],
     *,
-    classifier: bool,
+    classifier: bool = False,
+    task: str | None = None,
     labels: np.ndarray | None = None,
-) -> dict[str, float | None]:
-    """:func:`mpk.metrics.compare` plus accuracy against ``labels`` where they exist.
+) -> dict[str, float | int | None]:
+    """:func:`mpk.metrics.compare` plus accuracy against ``labels`` where they exist (classifiers).
+
+    ``task`` says how top-1 agreement is counted (:data:`mpk.metrics.TASKS`); ``classifier=True`` is
+    ``task="classification"``.
 
     ``reference``/``actual``: one array per output, leading axis = sample.
 
@@ -62,9 +66,10 @@ def compute_metrics(
     >>> compute_metrics(r, r, classifier=True)["top1_agreement"]
     1.0
     """
-    m: dict[str, float | None] = {**compare_outputs(reference, actual, classifier=classifier),
-                                  "accuracy": None, "fp32_accuracy": None}  # fmt: skip
-    if classifier and labels is not None:
+    task = task or ("classification" if classifier else None)
+    m: dict[str, float | int | None] = {**compare_outputs(reference, actual, task=task),
+                                        "accuracy": None, "fp32_accuracy": None}  # fmt: skip
+    if task == "classification" and labels is not None:
         n = len(reference[0])
         ref_top = reference[0].reshape(n, -1).argmax(axis=1)
         got_top = actual[0].reshape(n, -1).argmax(axis=1)
@@ -73,7 +78,7 @@ def compute_metrics(
     return m
 
 
-def check(metrics: dict[str, float | None], tolerances: dict[str, float]) -> list[str]:
+def check(metrics: dict[str, float | int | None], tolerances: dict[str, float]) -> list[str]:
     """Every tolerance the metrics miss, as readable lines; a metric that does not apply is not checked."""
     failed = []
     values = dict(metrics)
@@ -85,7 +90,10 @@ def check(metrics: dict[str, float | None], tolerances: dict[str, float]) -> lis
         if v is None:
             continue
         if (op == ">=" and v < limit) or (op == "<=" and v > limit):
-            failed.append(f"{metric} {v:.6g} misses {key} {limit:g}")
+            counted = ""
+            if metric == "top1_agreement" and metrics.get("top1_counted") is not None:
+                counted = f" (on {metrics['top1_counted']} of {metrics.get('top1_decisions')} with a clear fp32 top-1)"
+            failed.append(f"{metric} {v:.6g}{counted} misses {key} {limit:g}")
     return failed
 
 
@@ -107,7 +115,8 @@ def verify_artifact(
     evaluation: Dataset,
     reference: list[np.ndarray],
     *,
-    classifier: bool,
+    classifier: bool = False,
+    task: str | None = None,
     tolerances: dict[str, float],
     threads: int | None = None,
     expected_io: tuple[list[Any], list[Any]] | None = None,
@@ -163,10 +172,10 @@ def verify_artifact(
             shapes, want = [a.shape for a in got], [r.shape for r in reference]
             v.update(status="failed", passed=False, reason=f"output shapes {shapes} differ from fp32 {want}")
             return v
-    v["metrics"] = compute_metrics(reference, judged, classifier=classifier, labels=evaluation.labels)
+    v["metrics"] = compute_metrics(reference, judged, classifier=classifier, task=task, labels=evaluation.labels)
     missed = check(v["metrics"], tolerances)
     if exact is not None:
-        host_metrics = compute_metrics(reference, actual, classifier=classifier, labels=evaluation.labels)
+        host_metrics = compute_metrics(reference, actual, classifier=classifier, task=task, labels=evaluation.labels)
         host_missed = check(host_metrics, tolerances)
         v["host_kernel"] = {"metrics": host_metrics, "missed": host_missed, "cpu": _kernel_summary()}
         if bool(host_missed) != bool(missed):

@@ -29,6 +29,11 @@ class Exporter(abc.ABC):
     name: str
     #: file suffix of the main artifact: ".pte", ".onnx", ".mlpackage"
     suffix: str
+    #: int8: "auto" keeps the worst layers in float until the calibration outputs meet the tolerance; "off" does not
+    #: (recipe ``float_fallback``, set by the pipeline)
+    float_fallback: str = "off"
+    #: the recipe's tolerance overrides (scheme -> {key: value}), for the float-fallback check
+    tolerance_overrides: dict[str, dict[str, float]] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     @abc.abstractmethod
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:

@@ -54,10 +54,13 @@ def _preprocess(src: Path, external: bool) -> Path:
 
 
 def _feeds(names: list[str], dataset: Dataset) -> list[dict[str, np.ndarray]]:
-    """One onnxruntime feed dict (input name -> float32 array) per sample."""
-    return [
-        {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)} for s in dataset.samples
-    ]
+    """One onnxruntime feed dict (input name -> array) per sample, each array in its own dtype.
+
+    The samples already carry the model's input dtypes (:mod:`packager.data` casts each to its TensorSpec): token
+    ids and attention masks stay int64, as the exported graph declares them. Casting them to float32 made ONNX
+    Runtime refuse every text model ("Unexpected input data type ... expected: (tensor(int64))").
+    """
+    return [{n: np.ascontiguousarray(a) for n, a in zip(names, s, strict=True)} for s in dataset.samples]
 
 
 class _Reader:
