@@ -106,7 +106,7 @@ def _cells(entry: Entry, manifest_path: Path, wanted: list[tuple[str, str]], cod
         m = v.get("metrics") or {}
         cell.cosine, cell.top1 = m.get("cosine"), m.get("top1_agreement")
         if m.get("top1_counted") is not None:
-            cell.top1_counted = f"{m['top1_counted']}/{v['samples']}"
+            cell.top1_counted = f"{m['top1_counted']}/{m.get('top1_decisions') or v['samples']}"
         fb = (art.get("details") or {}).get("float_fallback")
         if fb and fb.get("layers"):
             cell.fallback = f"{len(fb['layers'])} layers in float (+{fb.get('size_cost_bytes', 0) / 1e3:.0f} kB)"

@@ -165,6 +165,9 @@ def render_summary(
     help="Static int8 (ExecuTorch, ONNX): correct Conv biases for int8's mean shift on calibration data (default on).",
 )
 @click.option(
+    "--step-timeout", type=int, help="Seconds one export or verification may take before it is stopped (default 900)."
+)
+@click.option(
     "--float-fallback",
     type=click.Choice(["auto", "off"]),
     default=None,

@@ -65,6 +65,8 @@ class Recipe:
     #: int8 (executorch, onnx): "auto" keeps the worst layers in float until the calibration outputs meet the
     #: tolerance (packager/export/layer_errors.py); "off" quantizes what the backend's policy quantizes
     float_fallback: str = "off"
+    #: seconds one export or verification may take before it is stopped and reported (0: no limit)
+    step_timeout: int = 900
     #: what the first output decides (top-1 agreement per sample, per position, per pixel; mpk/metrics.py), or
     #: "other"; None: the model's own ``mpk_task`` attribute, else inferred from its outputs
     task: str | None = None
@@ -197,7 +199,8 @@ def _validate(r: Recipe) -> list[str]:
     for name in ("calibration", "evaluation", "out"):
         if not isinstance(getattr(r, name), str):
             problems.append(f"{name}: expected a string, got {getattr(r, name)!r}")
-    for name, lo in (("calibration_count", 1), ("eval_count", 1), ("reference_samples", 1), ("seed", 0)):
+    for name, lo in (("calibration_count", 1), ("eval_count", 1), ("reference_samples", 1), ("seed", 0),
+                     ("step_timeout", 0)):  # fmt: skip
         v = getattr(r, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             problems.append(f"{name}: expected an integer >= {lo}, got {v!r}")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import DataError, ExportError, UsageError
-from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes
+from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes, locate_node
 from packager.export.capabilities import check_combination
 from packager.types import Dataset, ExportedArtifact, LoadedModel
 
@@ -139,7 +139,11 @@ def _quantize_pt2e(
             def quantize(floats: frozenset[str]) -> _Quantized:
                 quantizer = pq.make_quantizer(dynamic=dynamic, policy=policy, floats=floats)
                 prepared = prepare_pt2e(ep.module(), quantizer)
-                record = bc.calibrate(prepared, samples, record=bc.MAX_SAMPLES if correct else 0)
+                try:
+                    record = bc.calibrate(prepared, samples, record=bc.MAX_SAMPLES if correct else 0)
+                except Exception as e:  # name the node that failed, not the wrapper's forward that called it
+                    e.mpk_where = locate_node(prepared, samples[0])  # type: ignore[attr-defined]
+                    raise
                 converted = convert_pt2e(prepared)
                 report = None
                 if correct:
@@ -198,6 +202,47 @@ def _quantize_pt2e(
 _CHECK_SAMPLES = 16
 
 
+#: more XNNPACK partitions than this and the model is left on portable kernels (see _bounded_partitioner)
+MAX_PARTITIONS = 64
+
+
+def _bounded_partitioner(base: type, limit: int) -> Any:
+    """An XNNPACK partitioner that delegates nothing when the graph would split into more than ``limit`` partitions.
+
+    Each partition is lowered on its own (a copy of the program, a re-trace, a compile), about a second each on
+    a 2-core machine. A recurrent model decomposed over its time steps splits at every op XNNPACK lacks in each
+    step (a 128-step GRU: ``aten.split_with_sizes_copy`` for its gates, ~5 per step, ~600 partitions) and lowering
+    it ran for over 10 minutes. Proposing the partitions takes well under a second, so they are counted first;
+    past ``limit`` the program is lowered without delegation (portable kernels: correct, slow on a phone) and
+    ``refused`` says why, for the manifest.
+    """
+    from executorch.exir.backend.partitioner import PartitionResult
+
+    class BoundedPartitioner(base):  # type: ignore[misc, valid-type]
+        refused: str | None = None
+
+        def partition(self, exported_program: Any) -> Any:
+            result = super().partition(exported_program)
+            n = len(result.partition_tags)
+            if n <= limit:
+                return result
+            for node in result.tagged_exported_program.graph.nodes:
+                node.meta.pop("delegation_tag", None)
+            splitters = collections.Counter(
+                _op_name(nd.target)
+                for nd in result.tagged_exported_program.graph.nodes
+                if nd.op == "call_function" and _op_name(nd.target) not in _BOOKKEEPING
+            )
+            self.refused = (
+                f"the graph would split into {n} XNNPACK partitions (more than {limit}; each is lowered separately, "
+                f"minutes in all): left on portable kernels. Most frequent ops: "
+                + ", ".join(f"{k} x{v}" for k, v in splitters.most_common(4))
+            )
+            return PartitionResult(tagged_exported_program=result.tagged_exported_program, partition_tags={})
+
+    return BoundedPartitioner()
+
+
 class ExecuTorchExporter(Exporter):
     name = "executorch"
     suffix = ".pte"
@@ -225,11 +270,14 @@ class ExecuTorchExporter(Exporter):
                 float_fallback=self.float_fallback == "auto",
                 tolerances=tolerances_for(scheme, self.tolerance_overrides),
             )
+        partitioner = _bounded_partitioner(XnnpackPartitioner, MAX_PARTITIONS)
         try:
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
         except Exception as e:
             raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
         delegation, ops = delegation_summary(edge.exported_program())
+        if partitioner.refused is not None:
+            delegation["not_delegated_because"] = partitioner.refused
         try:
             program = edge.to_executorch()
         except Exception as e:

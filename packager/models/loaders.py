@@ -165,8 +165,9 @@ def _classify(
     """What the first output decides, from the outputs (mpk.metrics counts top-1 agreement by it).
 
     A single (1, C) float output with C >= 2: class scores ("classification"). A (1, T, V) float output of a model
-    with integer inputs and an embedding table of V rows: next-token scores ("language-model"; a text encoder's
-    (1, T, H) hidden states have H != V). Anything else is "other" (no top-1); segmentation must be declared.
+    with integer inputs whose largest embedding table (the vocabulary) has V rows: next-token scores
+    ("language-model"; a text encoder's (1, T, H) hidden states have H != V). Anything else is "other" (no top-1);
+    segmentation must be declared.
     """
     first = outputs[0] if outputs else None
     if first is None or not first.dtype.startswith("float"):
@@ -178,8 +179,8 @@ def _classify(
     if len(first.shape) == 3 and module is not None and any(s.dtype.startswith("int") for s in inputs or []):
         import torch
 
-        vocab = first.shape[2]
-        if any(isinstance(m, torch.nn.Embedding) and m.num_embeddings == vocab for m in module.modules()):
+        tables = [m.num_embeddings for m in module.modules() if isinstance(m, torch.nn.Embedding)]
+        if tables and max(tables) == first.shape[2]:
             return "language-model", None
     return "other", None
 
