@@ -61,10 +61,13 @@ class Run:
     note: str = ""
 
 
-def run_entry(entry: Entry, work: Path, backends: str, schemes: str | None, timeout: float, cal: int, ev: int) -> Run:
+def run_entry(
+    entry: Entry, work: Path, backends: str, schemes: str | None, timeout: float, cal: int, ev: int, fallback: str
+) -> Run:
     data = write_data(entry, work / entry.name / "data", calibration=cal, evaluation=ev)
     out = work / entry.name / "pkg"
-    cmd = [sys.executable, "-m", "mpk", *package_args(entry, data, out, backends=backends, schemes=schemes)]
+    args = package_args(entry, data, out, backends=backends, schemes=schemes, float_fallback=fallback)
+    cmd = [sys.executable, "-m", "mpk", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     t0 = time.perf_counter()
     try:
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quantize", help="comma list of schemes (default: each entry's, none,int8)")
     ap.add_argument("--calibration-count", type=int, default=32)
     ap.add_argument("--eval-count", type=int, default=48)
+    ap.add_argument("--float-fallback", default="auto", choices=["auto", "off"], help="passed to mpk package")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per model before mpk counts as hung")
     ap.add_argument("--work", type=Path, help="keep data, packages and logs here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the cells as JSON")
@@ -178,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for entry in entries:
         run = run_entry(
-            entry, work, args.backends, args.quantize, args.timeout, args.calibration_count, args.eval_count
-        )
+            entry, work, args.backends, args.quantize, args.timeout, args.calibration_count, args.eval_count,
+            args.float_fallback,
+        )  # fmt: skip
         runs.append(run)
         print(f"{entry.name}: exit {run.exit_code} in {run.seconds:.0f} s", file=sys.stderr, flush=True)
     print(table(runs))

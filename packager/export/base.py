@@ -161,7 +161,9 @@ def describe_node(n: Any) -> str:
     """``operator aten.linear.default in encoder.layer.0.output.dense (modeling_bert.py:412)`` for a torch.fx node."""
     from packager.export.layer_errors import module_path, source_line
 
-    target = getattr(n.target, "_op", n.target)
+    import torch
+
+    target = n.target if isinstance(n.target, torch._ops.OpOverload) else getattr(n.target, "_op", n.target)
     name = getattr(target, "name", None)
     op = str(name()).replace("::", ".") if callable(name) else getattr(target, "__name__", str(target))
     where = module_path(n.meta.get("nn_module_stack"))

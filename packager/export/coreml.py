@@ -89,7 +89,7 @@ def unsupported_op(message: str) -> str | None:
     """The operator a coremltools conversion error names (``Unsupported fx node new_ones`` -> ``new_ones``)."""
     import re
 
-    m = re.search(r"[Uu]nsupported fx node (\S+)|[Cc]onvert function for op '([^']+)' not implemented", message)
+    m = re.search(r"[Uu]nsupported fx node ([\w.]+)|[Cc]onvert function for op '([^']+)' not implemented", message)
     if not m:
         m = re.search(r"op '([^']+)' not implemented|PyTorch convert function for op '([^']+)'", message)
     return next((g for g in (m.groups() if m else ()) if g), None)

@@ -136,12 +136,19 @@ def write_data(entry: Entry, folder: Path, *, calibration: int = 32, evaluation:
 
 
 def package_args(
-    entry: Entry, data: tuple[Path, Path], out: Path, *, backends: str, schemes: str | None = None
+    entry: Entry,
+    data: tuple[Path, Path],
+    out: Path,
+    *,
+    backends: str,
+    schemes: str | None = None,
+    float_fallback: str = "auto",
 ) -> list[str]:
     """``mpk package`` arguments for one entry (without the program name)."""
     cal, ev = data
     return [
         "package",
+        "--float-fallback", float_fallback,
         "--model", entry.factory,
         "--calibration", str(cal),
         "--evaluation", str(ev),
