@@ -159,9 +159,9 @@ def locate_node(gm: Any, sample: tuple[Any, ...]) -> str | None:
 
 def describe_node(n: Any) -> str:
     """``operator aten.linear.default in encoder.layer.0.output.dense (modeling_bert.py:412)`` for a torch.fx node."""
-    from packager.export.layer_errors import module_path, source_line
-
     import torch
+
+    from packager.export.layer_errors import module_path, source_line
 
     target = n.target if isinstance(n.target, torch._ops.OpOverload) else getattr(n.target, "_op", n.target)
     name = getattr(target, "name", None)

@@ -16,7 +16,6 @@ import pytest
 
 from mpk import metrics
 
-
 # --- agreement that means something ----------------------------------------------------------------------------
 
 
@@ -178,7 +177,7 @@ def test_time_limit_stops_a_python_loop() -> None:
     from packager.host import StepTimeout, time_limit
 
     t0 = time.perf_counter()
-    with pytest.raises(StepTimeout, match="spinning did not finish within 0.3 s"), time_limit(0.3, "spinning"):
+    with pytest.raises(StepTimeout, match=r"spinning did not finish within 0\.3 s"), time_limit(0.3, "spinning"):
         while True:
             pass
     assert time.perf_counter() - t0 < 5
