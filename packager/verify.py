@@ -180,12 +180,47 @@ def verify_artifact(
         v["host_kernel"] = {"metrics": host_metrics, "missed": host_missed, "cpu": _kernel_summary()}
         if bool(host_missed) != bool(missed):
             v["warning"] = _verdicts_differ(host_metrics, host_missed, missed)
+    batched = _batched_check(ref_session or session, evaluation, reference, (expected_io or (artifact.inputs,))[0])
+    if batched is not None:
+        v["batched"] = batched
+        floor = tolerances.get("min_cosine")
+        if batched.get("error") or (floor is not None and batched["cosine"] < floor):
+            why = batched.get("error") or f"cosine {batched['cosine']:.6g} misses min_cosine {floor:g}"
+            missed.append(f"a batch of {batched['batch']} (the batch dim is dynamic): {why}")
     if structural is not None and not structural.get("ok", False):
         missed.append("structural check: " + "; ".join(structural["problems"]))
     if weights is not None and not weights["ok"]:
         missed.append("weight check: " + "; ".join(weights["problems"]))
     v.update(status="failed" if missed else "passed", passed=not missed, reason="; ".join(missed) or None)
     return v
+
+
+def _batched_check(
+    session: Any, evaluation: Dataset, reference: list[np.ndarray], inputs: list[Any]
+) -> dict[str, Any] | None:
+    """When every input's batch dim (axis 0) is dynamic, run the first samples as ONE batch and compare each
+    sample's slice with the fp32 reference: an artifact declared ``batch=1..8`` must be right at batch > 1, which
+    per-sample evaluation never shows. None when the batch is not dynamic or there are too few samples.
+
+    The batch is min(4, the declared maximum, samples); its outputs are split back into samples and compared with
+    :func:`mpk.metrics.compare` (cosine, max abs error over those samples).
+    """
+    from mpk.metrics import compare
+
+    if not inputs or not all(s.shape and isinstance(s.shape[0], str) for s in inputs):
+        return None
+    k = min(4, len(evaluation), *(s.dynamic.get(s.shape[0], (1, 4))[1] for s in inputs))
+    if k < 2:
+        return None
+    samples = evaluation.samples[:k]
+    batch = tuple(np.concatenate([s[i] for s in samples], axis=0) for i in range(len(samples[0])))
+    try:
+        outs = session.run(batch)
+        got = [np.stack(np.split(np.asarray(o), k, axis=0)) for o in outs]
+        m = compare([r[:k] for r in reference], got, classifier=False)
+    except Exception as e:  # a runtime refusing the batch is the finding, not a crash of mpk
+        return {"batch": k, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    return {"batch": k, "cosine": m["cosine"], "max_abs_error": m["max_abs_error"]}
 
 
 def _kernel_summary() -> str:

@@ -57,9 +57,12 @@ def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int
     Returns (delegation, op_summary). ``fraction = delegated_ops / total_ops``; e.g. 40 convs
     delegated and one ``aten.nonzero`` left outside gives 40/41 = 0.976.
     """
+    from packager.export.layer_errors import module_path, source_line
+
     gm = edge_program.graph_module
     delegated: collections.Counter[str] = collections.Counter()
     undelegated: collections.Counter[str] = collections.Counter()
+    where: dict[str, list[str]] = {}
     backends: set[str] = set()
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -76,6 +79,11 @@ def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int
         name = _op_name(node.target)
         if name not in _BOOKKEEPING:
             undelegated[name] += 1
+            path = module_path(node.meta.get("nn_module_stack"))
+            src = source_line(node.meta.get("stack_trace"))
+            label = " ".join(x for x in (path, f"({src})" if src else None) if x)
+            if label and label not in where.setdefault(name, []) and len(where[name]) < 3:
+                where[name].append(label)
     n_del, n_und = sum(delegated.values()), sum(undelegated.values())
     total = n_del + n_und
     delegation = {
@@ -85,6 +93,15 @@ def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int
         "fraction": round(n_del / total, 4) if total else 0.0,
         "undelegated": dict(sorted(undelegated.items())),
     }
+    if undelegated:
+        # which layers the portable-kernel ops come from (up to 3 per op), and a line a reviewer reads
+        delegation["undelegated_where"] = {k: where.get(k, []) for k in sorted(undelegated)}
+        top = ", ".join(f"{k} x{v}" for k, v in undelegated.most_common(4))
+        delegation["explanation"] = (
+            f"{n_und} of {total} ops ({100 * n_und / max(total, 1):.0f}%) run on ExecuTorch's portable kernels, "
+            f"not XNNPACK (no XNNPACK kernel for them, or they sit between delegated parts): {top}. Portable kernels "
+            "are single-threaded reference code; each boundary also copies tensors in and out of the delegate"
+        )
     return delegation, dict(sorted((delegated + undelegated).items()))
 
 

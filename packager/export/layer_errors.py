@@ -66,13 +66,14 @@ def rank(
     snrs: dict[str, float], inputs: dict[str, list[str]], ops: dict[str, str], quantized: set[str]
 ) -> list[LayerError]:
     """The table: each measured layer with its SNR and what it lost (``loss_db``, see the module docstring),
-    worst first. ``inputs[name]``: the nearest measured layers feeding ``name`` (none: the graph input, 200 dB)."""
+    worst first. ``inputs[name]``: the nearest measured layers feeding ``name``; a quantized layer with none is fed
+    by the graph's inputs (exact: 200 dB); a float one with none found is given no loss of its own."""
     from mpk.metrics import SNR_CAP_DB
 
     rows = []
     for name, snr in snrs.items():
         feeding = [snrs[i] for i in inputs.get(name, []) if i in snrs]
-        upstream = min(feeding) if feeding else SNR_CAP_DB
+        upstream = min(feeding) if feeding else (SNR_CAP_DB if name in quantized else snr)
         rows.append(LayerError(name, ops.get(name, "?"), snr, max(0.0, upstream - snr), quantized=name in quantized))
     rows.sort(key=lambda r: (-r.loss_db, r.snr_db))
     return rows

@@ -56,7 +56,7 @@ TOKENS = (Input("input_ids", (1, 16), "ids"), Input("attention_mask", (1, 16), "
 
 CORPUS: list[Entry] = [
     Entry("mobilenet_v2", "CNN", IMAGE32, note="depthwise convs (HF MobileNetV2)"),
-    Entry("resnet", "CNN", IMAGE32, fast=True, note="HF ResNet, BatchNorm folded"),
+    Entry("resnet", "CNN", IMAGE32, note="HF ResNet, BatchNorm folded"),
     Entry("convnext", "CNN", IMAGE32, note="LayerNorm + GELU in a CNN"),
     Entry(
         "cnn_dynamic_batch",
@@ -66,7 +66,7 @@ CORPUS: list[Entry] = [
         flags=("--input-shape", "image:batch=1..8x3x32x32"),
         note="dynamic batch declared with --input-shape, factory example has batch 1",
     ),
-    Entry("vit", "vision transformer", IMAGE32, fast=True, note="attention, LayerNorm, GELU"),
+    Entry("vit", "vision transformer", IMAGE32, note="attention, LayerNorm, GELU"),
     Entry("deit", "vision transformer", IMAGE32),
     Entry("mobilevit", "vision transformer", (Input("pixel_values", (1, 3, 64, 64)),)),
     Entry("segformer", "segmentation", (Input("pixel_values", (1, 3, 64, 64)),), note="per-pixel agreement"),
@@ -88,7 +88,6 @@ CORPUS: list[Entry] = [
         "two_in_two_out",
         "multi-input/output",
         (Input("image", (1, 3, 16, 16)), Input("features", (1, 8))),
-        fast=True,
     ),
     Entry(
         "mlp_module_only",
