@@ -230,34 +230,32 @@ def _bounded_partitioner(base: type, limit: int) -> Any:
     a 2-core machine. A recurrent model decomposed over its time steps splits at every op XNNPACK lacks in each
     step (a 128-step GRU: ``aten.split_with_sizes_copy`` for its gates, ~5 per step, ~600 partitions) and lowering
     it ran for over 10 minutes. Proposing the partitions takes well under a second, so they are counted first;
-    past ``limit`` the program is lowered without delegation (portable kernels: correct, slow on a phone) and
-    ``refused`` says why, for the manifest.
+    past ``limit`` it raises :class:`TooManyPartitions`, and the exporter lowers the program without delegation
+    (portable kernels: correct, slow on a phone), recording why.
     """
-    from executorch.exir.backend.partitioner import PartitionResult
 
     class BoundedPartitioner(base):  # type: ignore[misc, valid-type]
-        refused: str | None = None
-
         def partition(self, exported_program: Any) -> Any:
             result = super().partition(exported_program)
             n = len(result.partition_tags)
             if n <= limit:
                 return result
-            for node in result.tagged_exported_program.graph.nodes:
-                node.meta.pop("delegation_tag", None)
             splitters = collections.Counter(
                 _op_name(nd.target)
                 for nd in result.tagged_exported_program.graph.nodes
                 if nd.op == "call_function" and _op_name(nd.target) not in _BOOKKEEPING
             )
-            self.refused = (
+            raise TooManyPartitions(
                 f"the graph would split into {n} XNNPACK partitions (more than {limit}; each is lowered separately, "
                 f"minutes in all): left on portable kernels. Most frequent ops: "
                 + ", ".join(f"{k} x{v}" for k, v in splitters.most_common(4))
             )
-            return PartitionResult(tagged_exported_program=result.tagged_exported_program, partition_tags={})
 
     return BoundedPartitioner()
+
+
+class TooManyPartitions(Exception):
+    """Raised by the bounded partitioner; its message is the manifest's ``not_delegated_because``."""
 
 
 class ExecuTorchExporter(Exporter):
@@ -288,13 +286,19 @@ class ExecuTorchExporter(Exporter):
                 tolerances=tolerances_for(scheme, self.tolerance_overrides),
             )
         partitioner = _bounded_partitioner(XnnpackPartitioner, MAX_PARTITIONS)
+        refused = None
         try:
-            edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
+            try:
+                edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
+            except TooManyPartitions as e:
+                # XNNPACK kept ops like aten.linear whole for itself; without it they must be decomposed again
+                refused = str(e)
+                edge = to_edge_transform_and_lower(ep)
         except Exception as e:
             raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
         delegation, ops = delegation_summary(edge.exported_program())
-        if partitioner.refused is not None:
-            delegation["not_delegated_because"] = partitioner.refused
+        if refused is not None:
+            delegation["not_delegated_because"] = refused
         try:
             program = edge.to_executorch()
         except Exception as e:
