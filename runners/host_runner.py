@@ -72,7 +72,9 @@ def accuracy_metrics(pred: list[list[np.ndarray]], ref: list[list[np.ndarray]], 
         raise ValueError(f"{len(pred)} predictions for {len(ref)} reference samples")
     declared = task if task in metrics.TASKS else None  # language-model / segmentation: per-position / per-pixel
     stacked = metrics.stack(ref), metrics.stack(pred)
-    return {"samples": len(ref), **metrics.compare(*stacked, classifier=classifier, task=declared)}
+    m = metrics.compare(*stacked, classifier=classifier, task=declared)
+    m.pop("top1_decisions")  # the result contract carries the count that was clear, as the apps write it
+    return {"samples": len(ref), **m}
 
 
 # ---------------------------------------------------------------- reference tensors
