@@ -180,7 +180,8 @@ def verify_artifact(
         v["host_kernel"] = {"metrics": host_metrics, "missed": host_missed, "cpu": _kernel_summary()}
         if bool(host_missed) != bool(missed):
             v["warning"] = _verdicts_differ(host_metrics, host_missed, missed)
-    batched = _batched_check(ref_session or session, evaluation, reference, (expected_io or (artifact.inputs,))[0])
+    io_inputs = (expected_io or (artifact.inputs,))[0]
+    batched = _batched_check(exporter, artifact, ref_session is not None, threads, evaluation, reference, io_inputs)
     if batched is not None:
         v["batched"] = batched
         floor = tolerances.get("min_cosine")
@@ -196,14 +197,22 @@ def verify_artifact(
 
 
 def _batched_check(
-    session: Any, evaluation: Dataset, reference: list[np.ndarray], inputs: list[Any]
+    exporter: Any,
+    artifact: ExportedArtifact,
+    reference_eval: bool,
+    threads: int | None,
+    evaluation: Dataset,
+    reference: list[np.ndarray],
+    inputs: list[Any],
 ) -> dict[str, Any] | None:
-    """When every input's batch dim (axis 0) is dynamic, run the first samples as ONE batch and compare each
-    sample's slice with the fp32 reference: an artifact declared ``batch=1..8`` must be right at batch > 1, which
-    per-sample evaluation never shows. None when the batch is not dynamic or there are too few samples.
+    """When every input's batch dim (axis 0) is dynamic, run one sample, then the first samples as ONE batch, and
+    compare each sample's slice with the fp32 reference: an artifact declared ``batch=1..8`` must be right at
+    batch > 1, which per-sample evaluation never shows, and must survive the change of batch an app makes. None
+    when the batch is not dynamic or there are too few samples.
 
-    The batch is min(4, the declared maximum, samples); its outputs are split back into samples and compared with
-    :func:`mpk.metrics.compare` (cosine, max abs error over those samples).
+    The batch is min(4, the declared maximum, samples), compared with :func:`mpk.metrics.compare`. It runs in a
+    child process: a runtime that crashes on it (ExecuTorch 1.4.1's XNNPACK static int8 corrupts its heap going
+    from batch 1 to batch 4) is the finding, reported as ``error``, not the end of ``mpk package``.
     """
     from mpk.metrics import compare
 
@@ -214,13 +223,67 @@ def _batched_check(
         return None
     samples = evaluation.samples[:k]
     batch = tuple(np.concatenate([s[i] for s in samples], axis=0) for i in range(len(samples[0])))
+    outs, error = _run_isolated(exporter, artifact.path, reference_eval, threads, [samples[0], batch])
+    if error is not None:
+        return {"batch": k, "error": f"{error} (running one sample, then a batch of {k})"}
     try:
-        outs = session.run(batch)
-        got = [np.stack(np.split(np.asarray(o), k, axis=0)) for o in outs]
+        got = [np.stack(np.split(np.asarray(o), k, axis=0)) for o in outs[1]]
         m = compare([r[:k] for r in reference], got, classifier=False)
-    except Exception as e:  # a runtime refusing the batch is the finding, not a crash of mpk
-        return {"batch": k, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    except ValueError as e:
+        return {"batch": k, "error": f"outputs of a batch of {k} do not split into samples: {e}"}
     return {"batch": k, "cosine": m["cosine"], "max_abs_error": m["max_abs_error"]}
+
+
+def _run_isolated(
+    exporter: Any, path: Any, reference_eval: bool, threads: int | None, feeds: list[tuple[np.ndarray, ...]]
+) -> tuple[list[list[np.ndarray]], str | None]:
+    """Run ``feeds`` in order on the artifact, in a spawned child; (outputs per feed, None) or ([], what failed)."""
+    import multiprocessing
+    import pickle
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_runs, args=(exporter, str(path), reference_eval, threads, feeds, child))
+    try:
+        proc.start()
+    except (TypeError, AttributeError, pickle.PicklingError):  # an exporter defined in a function: run it here
+        child.close()
+        try:
+            session = exporter.open_reference(path, threads=threads) if reference_eval else None
+            session = session or exporter.open(path, threads=threads)
+            return [[np.asarray(o) for o in session.run(tuple(f))] for f in feeds], None
+        except Exception as e:
+            return [], f"{type(e).__name__}: {e}"
+    child.close()
+    try:
+        result = parent.recv() if parent.poll(600) else None
+    except EOFError:
+        result = None
+    proc.join(30)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if result is None:
+        code = proc.exitcode
+        if code is not None and code < 0:
+            return [], f"the runtime crashed ({signal.Signals(-code).name})"
+        return [], f"the runtime process ended without a result (exit {code})"
+    if isinstance(result, str):
+        return [], result
+    return result, None
+
+
+def _child_runs(exporter: Any, path: str, reference_eval: bool, threads: int | None, feeds: list, conn: Any) -> None:
+    from pathlib import Path
+
+    try:
+        p = Path(path)
+        session = exporter.open_reference(p, threads=threads) if reference_eval else None
+        session = session or exporter.open(p, threads=threads)
+        conn.send([[np.asarray(o) for o in session.run(tuple(f))] for f in feeds])
+    except Exception as e:  # the refusal is the finding
+        conn.send(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
 
 
 def _kernel_summary() -> str:
