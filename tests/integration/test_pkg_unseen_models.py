@@ -176,9 +176,7 @@ def test_a_step_past_its_limit_is_reported_and_the_rest_is_written(models: Path,
             while True:
                 torch.zeros(1)
 
-    res = package(
-        _recipe(models, tmp_path, "outlier", schemes=("none",), step_timeout=2), exporters={"onnx": Stuck()}
-    )
+    res = package(_recipe(models, tmp_path, "outlier", schemes=("none",), step_timeout=2), exporters={"onnx": Stuck()})
     (f,) = res.failures
     assert f["backend"] == "onnx" and "did not finish within 2 s" in f["error"]
     assert [a["id"] for a in res.manifest["artifacts"]] == ["executorch-fp32"]
