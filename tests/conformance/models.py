@@ -294,13 +294,13 @@ class TwoInTwoOut(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
-        self.meta = nn.Linear(8, 16)
+        self.side = nn.Linear(8, 16)
         self.head = nn.Linear(32, 6)
         self.emb = nn.Linear(32, 12)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.relu(self.conv(image)).mean(dim=(2, 3))
-        b = torch.relu(self.meta(features))
+        b = torch.relu(self.side(features))
         h = torch.cat([a, b], dim=1)
         return self.head(h), self.emb(h)
 
