@@ -150,8 +150,9 @@ def _quantize_pt2e(
     tol = {k: v for k, v in tolerances.items() if k != "max_accuracy_drop"}
     try:
         with torch.no_grad():
-            policy = pq.policy_for(ep.module())
-            fp32 = [bc._leaves(o) for o in (ep.module()(*s) for s in checked)]
+            reference = ep.module()
+            policy = pq.policy_for(reference)
+            fp32 = [bc._leaves(reference(*s)) for s in checked]
 
             def quantize(floats: frozenset[str]) -> _Quantized:
                 quantizer = pq.make_quantizer(dynamic=dynamic, policy=policy, floats=floats)
