@@ -302,3 +302,15 @@ def test_overhanging_average_pools_stay_float_in_onnx_int8() -> None:
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
     assert quantize_options(model, "full")["nodes_to_exclude"] == ["pool_ceil"]
     assert "pool_ceil" in quantize_options(model, "linear")["nodes_to_exclude"]
+
+
+def test_a_user_model_without_evaluation_data_is_told_about_evaluation() -> None:
+    from mpk.errors import DataError
+    from packager.data import load_dataset
+    from packager.types import ModelInfo, TensorSpec
+
+    info = ModelInfo("m", [TensorSpec("x", (1, 4))], [TensorSpec("y", (1, 2))], {"kind": "file", "spec": "m.py:f"}, "0")
+    with pytest.raises(DataError) as e:
+        load_dataset("builtin", info, count=4, purpose="evaluation")
+    assert "--evaluation DIR|FILE.npz" in e.value.hint and "--evaluation random" in e.value.hint
+    assert "--calibration" not in e.value.hint
