@@ -179,9 +179,14 @@ def _quantize_pt2e(
                 metrics = compute_metrics(stack(fp32), stack(got), task=model.task)
                 return check(metrics, tol), metrics
 
+            twin: list[Any] = []  # the fp32 graph and its activations, measured once for every attempt
+
             def layers(q: _Quantized) -> list[le.LayerError]:
-                twin = pq.fp32_twin(ep.module())
-                return pq.layer_errors(twin, q.converted, samples[: le.LAYER_SAMPLES], set(q.annotated))
+                few = samples[: le.LAYER_SAMPLES]
+                if not twin:
+                    gm = pq.fp32_twin(ep.module())
+                    twin.extend([gm, pq.activations(gm, few)])
+                return pq.layer_errors(twin[0], q.converted, few, set(q.annotated), ref=twin[1])
 
             best, fallback = le.search(quantize, evaluate, layers, enabled=float_fallback and not dynamic)
             rows = best.rows or layers(best.quantized)

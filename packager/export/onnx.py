@@ -219,8 +219,13 @@ class OnnxExporter(Exporter):
             metrics = compute_metrics(stack(fp32_outs), stack(got), task=model.task)
             return check(metrics, tol), metrics
 
+        fp32_acts: list[dict[str, list]] = []  # measured once for every attempt
+
         def layers(q: tuple[Path, dict[str, Any] | None]) -> list[le.LayerError]:
-            return ol.layer_errors(pre, onnx.load(str(q[0])), feeds[: le.LAYER_SAMPLES])
+            few = feeds[: le.LAYER_SAMPLES]
+            if not fp32_acts:
+                fp32_acts.append(ol.fp32_activations(pre, few))
+            return ol.layer_errors(pre, onnx.load(str(q[0])), few, want=fp32_acts[0])
 
         try:
             auto = self.float_fallback == "auto" and not external

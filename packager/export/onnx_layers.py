@@ -129,7 +129,15 @@ def _activations(model_path: Path, feeds: list[dict[str, np.ndarray]], folder: P
     return collect_activations(str(augmented), Reader())  # type: ignore[arg-type]
 
 
-def layer_errors(fp32_path: Path, qdq_model: Any, feeds: list[dict[str, np.ndarray]]) -> list[LayerError]:
+def fp32_activations(fp32_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, list]:
+    """Every float intermediate tensor of the fp32 model on ``feeds`` (measured once per float-fallback search)."""
+    with tempfile.TemporaryDirectory(prefix="mpk-layers-") as tmp:
+        return _activations(fp32_path, feeds, Path(tmp), "fp32")
+
+
+def layer_errors(
+    fp32_path: Path, qdq_model: Any, feeds: list[dict[str, np.ndarray]], want: dict[str, list] | None = None
+) -> list[LayerError]:
     """Per-node SNR of ``qdq_model`` against the fp32 model at ``fp32_path`` (the one it was quantized from, so node
     names match), over ``feeds``; ranked by what each node lost (:func:`packager.export.layer_errors.rank`).
 
@@ -147,7 +155,7 @@ def layer_errors(fp32_path: Path, qdq_model: Any, feeds: list[dict[str, np.ndarr
         if ref is None:
             return []
         qdq_path.write_bytes(ref)
-        want = _activations(fp32_path, feeds, folder, "fp32")
+        want = want if want is not None else _activations(fp32_path, feeds, folder, "fp32")
         got = _activations(qdq_path, feeds, folder, "qdq")
     q_out = {n.name: n.output[0] for n in qdq_model.graph.node if n.output}
     snrs: dict[str, float] = {}

@@ -179,31 +179,39 @@ def weight_elements(gm: Any, names: set[str]) -> int:
     return total
 
 
-def layer_errors(
-    fp32: Any, converted: Any, samples: Sequence[tuple[Any, ...]], quantized: set[str]
-) -> list[LayerError]:
-    """Per-layer SNR of ``converted`` (a ``convert_pt2e`` module) against ``fp32`` (the exported program's module),
-    node by node of the same name, over ``samples``; ranked by what each layer lost
-    (:func:`packager.export.layer_errors.rank`)."""
+def activations(gm: Any, samples: Sequence[tuple[Any, ...]]) -> dict[str, list[np.ndarray]]:
+    """The float outputs of ``gm``'s measured nodes on each sample, by node name."""
     import torch
 
-    def record(gm: Any) -> dict[str, list[np.ndarray]]:
-        seen: dict[str, list[np.ndarray]] = {}
+    seen: dict[str, list[np.ndarray]] = {}
 
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, n: Any) -> Any:
-                out = super().run_node(n)
-                if n.op == "call_function" and _name(n) in _MEASURED and isinstance(out, torch.Tensor):
-                    if out.is_floating_point():
-                        seen.setdefault(n.name, []).append(out.detach().double().numpy())
-                return out
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            out = super().run_node(n)
+            if n.op == "call_function" and _name(n) in _MEASURED and isinstance(out, torch.Tensor):
+                if out.is_floating_point():
+                    seen.setdefault(n.name, []).append(out.detach().double().numpy())
+            return out
 
-        with torch.no_grad():
-            for s in samples:
-                Recorder(gm).run(*s)
-        return seen
+    with torch.no_grad():
+        for s in samples:
+            Recorder(gm).run(*s)
+    return seen
 
-    ref, got = record(fp32), record(converted)
+
+def layer_errors(
+    fp32: Any,
+    converted: Any,
+    samples: Sequence[tuple[Any, ...]],
+    quantized: set[str],
+    ref: dict[str, list[np.ndarray]] | None = None,
+) -> list[LayerError]:
+    """Per-layer SNR of ``converted`` (a ``convert_pt2e`` module) against ``fp32`` (the exported program's module,
+    BatchNorm folded: :func:`fp32_twin`), node by node of the same name, over ``samples``; ranked by what each
+    layer lost (:func:`packager.export.layer_errors.rank`). ``ref``: ``fp32``'s :func:`activations` when already
+    known (the float-fallback search measures several int8 models against one fp32 run)."""
+    ref = ref if ref is not None else activations(fp32, samples)
+    got = activations(converted, samples)
     names = [n for n in ref if n in got and all(a.shape == b.shape for a, b in zip(ref[n], got[n], strict=False))]
     snrs = {n: snr_db(ref[n], got[n]) for n in names}
     nodes = {n.name: n for n in fp32.graph.nodes}
