@@ -92,8 +92,13 @@ def native_stderr_quiet(enabled: bool) -> Iterator[None]:
         os.close(saved)
 
 
-class StepTimeout(Exception):
-    """A step of ``mpk package`` ran past its time limit (see :func:`time_limit`)."""
+class StepTimeout(BaseException):
+    """A step of ``mpk package`` ran past its time limit (see :func:`time_limit`).
+
+    A BaseException, like KeyboardInterrupt: the libraries and mpk's own guards catch ``Exception`` to carry on
+    (bias correction keeps the uncorrected model when correction fails), and a timeout caught there would be
+    swallowed and the step would run on unbounded.
+    """
 
 
 @contextlib.contextmanager
