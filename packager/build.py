@@ -113,6 +113,14 @@ def _compressed_size(path: Path, sha256: str, cache: Cache, background: Backgrou
 # --- verify ------------------------------------------------------------------------------------------------
 
 
+def _metrics_code() -> str:
+    """sha256 of mpk/metrics.py: a changed definition (what counts as a clear top-1) re-verifies."""
+    import mpk.metrics
+    from mpk.files import sha256_file
+
+    return sha256_file(Path(mpk.metrics.__file__))
+
+
 def verify_stage(
     built: BuiltArtifact,
     data: PackageData,
@@ -133,7 +141,7 @@ def verify_stage(
 
     job, art = built.job, built.artifact
     tolerances = tolerances_for(job.tolerance_scheme, recipe.tolerances)
-    classifier = job.model.task == "classification"
+    task = job.model.task
     ev = data.evaluation
     key = make_key(
         kind="verification",
@@ -144,12 +152,13 @@ def verify_stage(
         labels=ev.labels_sha256,
         reference=reference.sha256,
         tolerances=tolerances,
-        classifier=classifier,
+        task=task,
         expected_io=[[s.to_dict() for s in job.model.inputs], [s.to_dict() for s in job.model.outputs]],
         threads=recipe.threads or os.cpu_count(),
         platform=sys.platform,
         cpu=cpu_fingerprint(),
         verify_code=code_hash("verify.py", "runtime.py"),
+        metrics_code=_metrics_code(),
     )
     hit = cache.record("verifications", key)
     if hit is not None:
@@ -160,7 +169,7 @@ def verify_stage(
             art,
             ev,
             reference.outputs,
-            classifier=classifier,
+            task=task,
             tolerances=tolerances,
             threads=recipe.threads,
             expected_io=(job.model.inputs, job.model.outputs),

@@ -101,6 +101,7 @@ def verification_notes(manifest: dict[str, Any]) -> list[str]:
             )
         if v.get("warning"):
             lines.append(f"[bold yellow]NOTE:[/bold yellow] {a['id']}: {v['warning']}")
+        lines += _quantization_notes(a)
         w = v.get("weights")
         if w:
             worst = w.get("worst_snr_db")
@@ -111,6 +112,36 @@ def verification_notes(manifest: dict[str, Any]) -> list[str]:
                 f"layers{shown}: {state}[/dim]"
             )
     return lines
+
+
+def _quantization_notes(a: dict[str, Any]) -> list[str]:
+    """Float fallback, the worst layers of an int8 artifact that missed, and what ExecuTorch left undelegated."""
+    from packager.export.layer_errors import worst_lines
+
+    details, v, out = a.get("details") or {}, a["verification"], []
+    fb = details.get("float_fallback")
+    if fb and fb.get("layers"):
+        names = ", ".join(layer.get("module") or layer["name"] for layer in fb["layers"][:6])
+        more = f" and {len(fb['layers']) - 6} more" if len(fb["layers"]) > 6 else ""
+        cost = fb.get("size_cost_bytes", 0) / 1e3
+        met = "met" if fb.get("met_tolerance") else "did NOT meet"
+        out.append(
+            f"  [dim]{a['id']}: float fallback kept {len(fb['layers'])} layer(s) in float ({names}{more}), "
+            f"+{cost:.0f} kB{' (estimated)' if fb.get('size_cost_estimated') else ''}; {met} the tolerance on "
+            f"the calibration samples[/dim]"
+        )
+    if v["status"] == "failed" and details.get("layer_errors"):
+        le = details["layer_errors"]
+        out.append(f"  {a['id']}: the five layers that lost most ({le['measured_on']}):")
+        out += [f"    {line}" for line in worst_lines(le)]
+    d = a.get("delegation") or {}
+    if d.get("not_delegated_because"):
+        out.append(f"[bold yellow]NOTE:[/bold yellow] {a['id']}: {d['not_delegated_because']}")
+    elif d.get("explanation"):
+        where = d.get("undelegated_where") or {}
+        shown = "; ".join(f"{op} in {', '.join(w)}" for op, w in list(where.items())[:3] if w)
+        out.append(f"  [dim]{a['id']}: {d['explanation']}{'. From: ' + shown if shown else ''}[/dim]")
+    return out
 
 
 def render_summary(
@@ -170,6 +201,21 @@ def render_summary(
     default=None,
     help="ONNX int8: 7-bit weights, computed exactly by x86 CPUs without VNNI too (default off: full 8-bit weights, "
     "exact on phones and VNNI x86, saturating on other x86; README 'int8 on different CPUs').",
+)
+@click.option(
+    "--step-timeout", type=int, help="Seconds one export or verification may take before it is stopped (default 900)."
+)
+@click.option(
+    "--float-fallback",
+    type=click.Choice(["auto", "off"]),
+    default=None,
+    help="int8: keep the worst layers in float until the calibration outputs meet the tolerance (auto; default off).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "language-model", "segmentation", "other"]),
+    default=None,
+    help="What the first output decides (top-1 per sample/position/pixel); default: declared or inferred.",
 )
 @click.option(
     "--no-cache", "no_cache", is_flag=True, default=False, help="Build and verify everything afresh (no cache)."

@@ -90,3 +90,39 @@ def native_stderr_quiet(enabled: bool) -> Iterator[None]:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+
+
+class StepTimeout(BaseException):
+    """A step of ``mpk package`` ran past its time limit (see :func:`time_limit`).
+
+    A BaseException, like KeyboardInterrupt: the libraries and mpk's own guards catch ``Exception`` to carry on
+    (bias correction keeps the uncorrected model when correction fails), and a timeout caught there would be
+    swallowed and the step would run on unbounded.
+    """
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise :class:`StepTimeout` in the main thread when the block runs past ``seconds`` (None or 0: no limit).
+
+    SIGALRM interrupts Python code between bytecodes, which is where lowering spends its time (ExecuTorch's
+    partitioner and per-partition lowering are Python); a native call that never returns is not interrupted.
+    Off the main thread (signals go there only) the block runs unbounded.
+    """
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def fire(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"{what} did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -3,8 +3,9 @@
 1. Before any work: OUT must be creatable, and if it exists it must be empty or an earlier mpk package;
    anything else is refused (UsageError) unless ``force``. A path that cannot be written is
    OutputNotWritable (exit 4).
-2. Everything is written into a staging dir beside OUT (``.OUT.staging-XXXX``); each artifact is exported
-   into its own temp dir and renamed into place.
+2. Everything is written into a staging dir beside OUT (``.OUT.staging-PID-XXXX``); each artifact is exported
+   into its own temp dir and renamed into place. A staging dir left by a run that was killed (its PID no longer
+   runs) is removed by the next run for the same OUT.
 3. Only when the manifest is written is OUT swapped in: the previous OUT is renamed to ``OUT.prev`` (one
    generation kept; an older mpk package there is replaced), then the staging dir renamed to OUT. A crash,
    Ctrl-C or a full disk before that leaves OUT exactly as it was and removes the staging dir.
@@ -79,13 +80,37 @@ def _prepare(out: Path, force: bool) -> Path:
             )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+        remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
         umask_mode(staging)
         return staging
     except OSError as e:
         raise OutputNotWritable(
             f"output directory {out} is not writable: {e.strerror or e}", hint="choose another --out"
         ) from None
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove ``.OUT.staging-PID-*`` dirs whose PID is no longer running (a SIGKILLed or timed-out run cannot clean
+    up after itself). A dir of a live PID, or one not named by this scheme, is never touched. Returns what went."""
+    removed = []
+    for p in out.parent.glob(f".{out.name}.staging-*"):
+        pid_text = p.name[len(f".{out.name}.staging-") :].split("-", 1)[0]
+        if not p.is_dir() or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, someone else's
+        return True
+    return True
 
 
 def _swap_into_place(staging: Path, out: Path) -> Path | None:

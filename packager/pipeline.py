@@ -22,7 +22,7 @@ from mpk import __version__
 from mpk.errors import CheckFailed, ModelError, MpkError
 from packager.build import BuiltArtifact, build_stage, verify_stage
 from packager.cache import DISK_FULL, Cache
-from packager.host import Background
+from packager.host import Background, StepTimeout, time_limit
 from packager.output import Staging, staged
 from packager.recipe import Recipe
 from packager.runtime_requirements import requirements as runtime_requirements
@@ -123,13 +123,18 @@ def _package(
             built: list[tuple[BuiltArtifact, dict[str, Any]]] = []
             failures: list[dict[str, str]] = []
             for job in plan_jobs(recipe, combos, compressed, data, exporters):
-                artifact = _build(job, staging, cache, background, steps, failures)
+                artifact = _build(job, staging, cache, background, steps, failures, recipe.step_timeout)
                 if artifact is None:
                     continue
                 with steps(f"verify {job.id}"):
-                    verification, _ = verify_stage(
-                        artifact, data, reference, recipe, cache, exporters, quiet_native=quiet_native
-                    )
+                    try:
+                        with time_limit(recipe.step_timeout, f"verifying {job.id}"):
+                            verification, _ = verify_stage(
+                                artifact, data, reference, recipe, cache, exporters, quiet_native=quiet_native
+                            )
+                    except StepTimeout as e:
+                        verification = _timed_out_verification(str(e), recipe, job)
+                        steps.warn(f"{job.id}: {e}")
                 built.append((artifact, verification))
             with steps("manifest"):
                 manifest = _write_manifest(staging, recipe, compressed, data, reference, built, failures)
@@ -153,11 +158,18 @@ def _build(
     background: Background,
     steps: Steps,
     failures: list[dict[str, str]],
+    step_timeout: float | None = None,
 ) -> BuiltArtifact | None:
-    """``build_stage`` for one job; an export failure is recorded in ``failures`` and the run goes on."""
+    """``build_stage`` for one job; an export failure (or one past ``step_timeout`` seconds) is recorded in
+    ``failures`` and the run goes on."""
     try:
-        with steps(f"export {job.id}"):
+        with steps(f"export {job.id}"), time_limit(step_timeout, f"exporting {job.id}"):
             built = build_stage(job, staging.dir, cache, background)
+    except StepTimeout as e:
+        msg = f"{job.backend}: {e} (the step limit, --step-timeout); the other artifacts were still produced"
+        failures.append({"backend": job.backend, "scheme": job.scheme, "error": msg})
+        steps.warn(f"{job.id} failed: {msg}")
+        return None
     except OSError:
         raise
     except MpkError as e:
@@ -175,6 +187,19 @@ def _build(
     if built.cached:
         steps.note(f"{job.id}: cached")
     return built
+
+
+def _timed_out_verification(reason: str, recipe: Recipe, job: ArtifactJob) -> dict[str, Any]:
+    from packager.verify import tolerances_for
+
+    return {
+        "status": "failed",
+        "passed": False,
+        "reason": f"{reason} (the step limit, --step-timeout)",
+        "metrics": {},
+        "tolerances": tolerances_for(job.tolerance_scheme, recipe.tolerances),
+        "samples": 0,
+    }
 
 
 # --- manifest ----------------------------------------------------------------------------------------------

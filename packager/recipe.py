@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from packager.compress.recipe_io import CompressionConfig
 
 DEFAULT_BACKENDS = ("executorch", "onnx")
+_TASKS = ("classification", "language-model", "segmentation", "other")
 DEFAULT_SCHEMES = ("none", "int8")
 
 
@@ -64,6 +65,14 @@ class Recipe:
     #: ONNX int8: 7-bit weights (ONNX Runtime's ``reduce_range``), which x86 CPUs without VNNI compute exactly;
     #: full 8-bit weights are right for phones and VNNI x86 and lose accuracy there (mpk/hostcpu.py)
     onnx_reduce_range: bool = False
+    #: int8 (executorch, onnx): "auto" keeps the worst layers in float until the calibration outputs meet the
+    #: tolerance (packager/export/layer_errors.py); "off" quantizes what the backend's policy quantizes
+    float_fallback: str = "off"
+    #: seconds one export or verification may take before it is stopped and reported (0: no limit)
+    step_timeout: int = 900
+    #: what the first output decides (top-1 agreement per sample, per position, per pixel; mpk/metrics.py), or
+    #: "other"; None: the model's own ``mpk_task`` attribute, else inferred from its outputs
+    task: str | None = None
 
     def __post_init__(self) -> None:
         compression, problems = _parse_compression(self.compression)
@@ -193,12 +202,19 @@ def _validate(r: Recipe) -> list[str]:
     for name in ("calibration", "evaluation", "out"):
         if not isinstance(getattr(r, name), str):
             problems.append(f"{name}: expected a string, got {getattr(r, name)!r}")
-    for name, lo in (("calibration_count", 1), ("eval_count", 1), ("reference_samples", 1), ("seed", 0)):
+    for name, lo in (("calibration_count", 1), ("eval_count", 1), ("reference_samples", 1), ("seed", 0),
+                     ("step_timeout", 0)):  # fmt: skip
         v = getattr(r, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             problems.append(f"{name}: expected an integer >= {lo}, got {v!r}")
     if r.threads is not None and (not isinstance(r.threads, int) or r.threads < 1):
         problems.append(f"threads: expected a positive integer, got {r.threads!r}")
+    if r.float_fallback not in ("auto", "off"):
+        problems.append(f"float_fallback: expected 'auto' or 'off', got {r.float_fallback!r}")
+    if r.task is not None and r.task not in _TASKS:
+        problems.append(
+            f"task: expected one of {', '.join(_TASKS)}, got {r.task!r}" + _nearest(str(r.task), list(_TASKS))
+        )
     for name in ("cache", "force", "bias_correction", "onnx_reduce_range"):
         if not isinstance(getattr(r, name), bool):
             problems.append(f"{name}: expected true or false, got {getattr(r, name)!r}")

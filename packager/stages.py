@@ -102,13 +102,17 @@ def load_model_stage(recipe: Recipe, cache: Cache, *, facts_from_cache: bool = T
     shapes = list(recipe.input_shapes) or None
 
     def loader() -> LoadedModel:
-        return load_model(recipe.model, input_shape=shapes)
+        return load_model(
+            recipe.model, input_shape=shapes, data=[recipe.evaluation, recipe.calibration], task=recipe.task
+        )
 
     def info_key() -> str | None:
         fingerprint = model_fingerprint(recipe.model) if cache.enabled else None
         if fingerprint is None:
             return None
-        return make_key(kind="model-info", fingerprint=fingerprint, spec=recipe.model, input_shapes=shapes)
+        return make_key(
+            kind="model-info", fingerprint=fingerprint, spec=recipe.model, input_shapes=shapes, task=recipe.task
+        )
 
     key = info_key()
     if key is not None and facts_from_cache:
@@ -365,6 +369,9 @@ def exporter_for(name: str, overrides: Mapping[str, Any] | None, recipe: Recipe)
         exporter.bias_correction = recipe.bias_correction
     if hasattr(exporter, "reduce_range"):
         exporter.reduce_range = recipe.onnx_reduce_range
+    if hasattr(exporter, "float_fallback"):
+        exporter.float_fallback = recipe.float_fallback
+        exporter.tolerance_overrides = recipe.tolerances
     return exporter
 
 
@@ -421,6 +428,9 @@ def plan_jobs(
             seed=recipe.seed,
             bias_correction=recipe.bias_correction if calibration is not None else None,
             reduce_range=recipe.onnx_reduce_range if backend == "onnx" and scheme.startswith("int8") else None,
+            float_fallback=(recipe.float_fallback, recipe.tolerances.get(scheme), info.task)
+            if scheme.startswith("int8") and backend in ("executorch", "onnx")
+            else None,
         )
         jobs.append(
             ArtifactJob(

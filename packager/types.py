@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 DType = Literal["float32", "float16", "int8", "uint8", "int32", "int64", "bool"]
+#: what the first output decides (mpk.metrics.TASKS), or "other" (embeddings, features: no top-1)
+Task = Literal["classification", "language-model", "segmentation", "other"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class ModelInfo:
     outputs: list[TensorSpec]
     source: dict[str, str]
     sha256: str
-    task: Literal["classification", "other"] = "other"
+    task: Task = "other"
     num_classes: int | None = None
     parameters: int = 0
     preprocess: dict[str, Any] | None = None
@@ -114,7 +116,7 @@ class LoadedModel:
     source: dict[str, str]
     #: sha256 of the weights (state_dict bytes) and, for files, the source file
     sha256: str
-    task: Literal["classification", "other"] = "other"
+    task: Task = "other"
     num_classes: int | None = None
     #: a ``torch.export.ExportedProgram`` of ``module``, which exporters use instead of capturing again: the
     #: program a .pt2 file held, or the pipeline's one capture (each exporter gets its own copy of it)

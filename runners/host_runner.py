@@ -70,7 +70,11 @@ def accuracy_metrics(pred: list[list[np.ndarray]], ref: list[list[np.ndarray]], 
     classifier = task == "classification" or (task is None and looks_like_logits)
     if len(pred) != len(ref):
         raise ValueError(f"{len(pred)} predictions for {len(ref)} reference samples")
-    return {"samples": len(ref), **metrics.compare(metrics.stack(ref), metrics.stack(pred), classifier=classifier)}
+    declared = task if task in metrics.TASKS else None  # language-model / segmentation: per-position / per-pixel
+    stacked = metrics.stack(ref), metrics.stack(pred)
+    m = metrics.compare(*stacked, classifier=classifier, task=declared)
+    m.pop("top1_decisions")  # the result contract carries the count that was clear, as the apps write it
+    return {"samples": len(ref), **m}
 
 
 # ---------------------------------------------------------------- reference tensors

@@ -102,7 +102,7 @@ def write_reference(manifest: dict[str, Any], manifest_dir: Path, out_dir: Path)
         return None
     task = (manifest.get("model") or {}).get("task")
     doc = {"samples": int(arrays["input:" + ins[0]["name"]].shape[0]), "inputs": ins, "outputs": outs}
-    if task in ("classification", "other"):
+    if task in ("classification", "language-model", "segmentation", "other"):
         doc["task"] = task
     return doc
 

@@ -153,5 +153,5 @@ def builtin_dataset(
         return photo_views(SKIMAGE_PHOTOS, example_shape(model.inputs[0]), preprocess, count, purpose)
     raise DataError(
         f"model {model.name!r} has no built-in {purpose} data",
-        hint=f"pass --{purpose} DIR|FILE.npz|file.py:fn (or --calibration random to accept synthetic noise)",
+        hint=f"pass --{purpose} DIR|FILE.npz|file.py:fn (or --{purpose} random to accept synthetic noise)",
     )

@@ -32,6 +32,15 @@ from packager.types import Dataset, ExportedArtifact, LoadedModel
 _SINGLE_FILE_LIMIT = 1_800_000_000
 #: dynamic quantization only of matmul-like ops: ORT's CPU ConvInteger has no int8-weight kernel
 _DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
+#: calibration samples the int8 model is checked on against the fp32 graph (float fallback, calibration_check)
+_CHECK_SAMPLES = 16
+
+
+def _run(model: Path | bytes, feeds: list[dict[str, np.ndarray]], *, optimize: bool) -> list[list[np.ndarray]]:
+    """Outputs per feed of ``model`` on ONNX Runtime (unoptimised: the graph as written)."""
+    sess = OnnxSession(model, optimize=optimize)
+    names = sess._names
+    return [sess.run(tuple(f[n] for n in names)) for f in feeds]
 
 
 def op_histogram(model_proto: Any) -> dict[str, int]:
@@ -50,15 +59,23 @@ def _preprocess(src: Path, external: bool) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = src.with_name(src.name.replace(".fp32.onnx", ".pre.onnx"))
-    quant_pre_process(str(src), str(pre), save_as_external_data=external)
+    try:
+        quant_pre_process(str(src), str(pre), save_as_external_data=external)
+    except TypeError:
+        # ORT's symbolic shape inference crashes on some graphs ("object of type 'NoneType' has no len()", seen on
+        # an HF Whisper encoder and an LSTM); ONNX's own shape inference and the fusions still run without it
+        quant_pre_process(str(src), str(pre), save_as_external_data=external, skip_symbolic_shape=True)
     return pre
 
 
 def _feeds(names: list[str], dataset: Dataset) -> list[dict[str, np.ndarray]]:
-    """One onnxruntime feed dict (input name -> float32 array) per sample."""
-    return [
-        {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)} for s in dataset.samples
-    ]
+    """One onnxruntime feed dict (input name -> array) per sample, each array in its own dtype.
+
+    The samples already carry the model's input dtypes (:mod:`packager.data` casts each to its TensorSpec): token
+    ids and attention masks stay int64, as the exported graph declares them. Casting them to float32 made ONNX
+    Runtime refuse every text model ("Unexpected input data type ... expected: (tensor(int64))").
+    """
+    return [{n: np.ascontiguousarray(a) for n, a in zip(names, s, strict=True)} for s in dataset.samples]
 
 
 class _Reader:
@@ -109,6 +126,7 @@ class OnnxExporter(Exporter):
         try:
             if scheme == "int8":
                 details["quantizer"] = self._quantize_static(model, fp32_path, path, calibration, external)
+                details.update(details["quantizer"].pop("_extra"))
             elif scheme == "int8-dynamic":
                 details["quantizer"] = self._quantize_dynamic(fp32_path, path, external)
         except (UsageError, ExportError):
@@ -165,25 +183,76 @@ class OnnxExporter(Exporter):
     def _quantize_static(
         self, model: LoadedModel, src: Path, dst: Path, calibration: Dataset | None, external: bool
     ) -> dict[str, Any]:
+        """ORT static QDQ under mpk's policy (:mod:`packager.export.onnx_layers`), bias-corrected; checked against
+        the fp32 graph on the calibration samples, with the per-layer table; float fallback when asked."""
+        import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from mpk.metrics import stack
+        from packager.export import layer_errors as le
+        from packager.export import onnx_layers as ol
+        from packager.verify import check, compute_metrics, tolerances_for
 
         assert calibration is not None  # checked by export()
         pre = _preprocess(src, external)
+        pre_proto = onnx.load(str(pre), load_external_data=False)
+        policy = ol.policy_for(pre_proto)
+        options = ol.quantize_options(pre_proto, policy)
         # bias correction edits the model in memory; past protobuf's 2 GB it cannot be serialized whole
         correct = self.bias_correction and not external
-        plain = dst.with_name(f".{dst.stem}.plain{dst.suffix}") if correct else dst
-        quantize_static(
-            str(pre),
-            str(plain),
-            _Reader([s.name for s in model.inputs], calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            use_external_data_format=external,
-            reduce_range=self.reduce_range,
-        )
+        names = [s.name for s in model.inputs]
+        feeds = _feeds(names, calibration)
+        checked = feeds[:_CHECK_SAMPLES]
+        fp32_outs = [list(o) for o in _run(pre, checked, optimize=True)]
+        tol = {k: v for k, v in tolerances_for("int8", self.tolerance_overrides).items() if k != "max_accuracy_drop"}
+        attempts: list[Path] = []
+
+        def quantize(floats: frozenset[str]) -> tuple[Path, dict[str, Any] | None]:
+            out = dst.with_name(f".{dst.stem}.try{len(attempts)}{dst.suffix}")
+            attempts.append(out)
+            plain = out.with_name(f"{out.stem}.plain{out.suffix}") if correct else out
+            quantize_static(
+                str(pre),
+                str(plain),
+                _Reader(names, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                use_external_data_format=external,
+                op_types_to_quantize=options["op_types_to_quantize"],
+                reduce_range=self.reduce_range,
+                nodes_to_exclude=[*options["nodes_to_exclude"], *sorted(floats)],
+            )
+            correction = self._correct_biases(model, pre, plain, out, calibration) if correct else None
+            return out, correction
+
+        def evaluate(q: tuple[Path, dict[str, Any] | None]) -> tuple[list[str], dict[str, Any]]:
+            from packager.export.onnx_reference import reference_model
+
+            ref = reference_model(onnx.load(str(q[0])))
+            got = [list(o) for o in _run(ref if ref is not None else q[0], checked, optimize=ref is None)]
+            metrics = compute_metrics(stack(fp32_outs), stack(got), task=model.task)
+            return check(metrics, tol), metrics
+
+        fp32_acts: list[dict[str, list]] = []  # measured once for every attempt
+
+        def layers(q: tuple[Path, dict[str, Any] | None]) -> list[le.LayerError]:
+            few = feeds[: le.LAYER_SAMPLES]
+            if not fp32_acts:
+                fp32_acts.append(ol.fp32_activations(pre, few))
+            return ol.layer_errors(pre, onnx.load(str(q[0])), few, want=fp32_acts[0])
+
+        try:
+            auto = self.float_fallback == "auto" and not external
+            best, fallback = le.search(quantize, evaluate, layers, enabled=auto)
+            rows = best.rows or layers(best.quantized)
+            first_size = attempts[0].stat().st_size
+            best.quantized[0].replace(dst)
+        finally:
+            for p in attempts:
+                p.unlink(missing_ok=True)
         details: dict[str, Any] = {
             "name": "quantize_static",
             "format": "QDQ",
@@ -193,13 +262,33 @@ class OnnxExporter(Exporter):
             "calibrate_method": "MinMax",
             "calibration_samples": len(calibration),
             **saturation(self.reduce_range),
+            "policy": policy,
+            "policy_reason": ol.POLICY_REASONS[policy],
+            "op_types_to_quantize": options["op_types_to_quantize"] or "ONNX Runtime's default",
+            "calibration_check": {"samples": len(checked), **le._rounded(best.metrics), "missed": best.missed},
         }
         if correct:
-            details["bias_correction"] = self._correct_biases(model, pre, plain, dst, calibration)
+            details["bias_correction"] = best.quantized[1]
         elif self.bias_correction:
             details["bias_correction"] = {"applied": False, "reason": "model too large for in-memory correction"}
         else:
             details["bias_correction"] = {"applied": False, "reason": "turned off (bias_correction: false)"}
+        extra: dict[str, Any] = {
+            "layer_errors": le.table(rows, samples=min(len(feeds), le.LAYER_SAMPLES), where="ONNX QDQ graph vs fp32")
+        }
+        if fallback is not None:
+            by_name = {r.name: r for r in rows}
+            extra["float_fallback"] = {
+                **fallback,
+                "layers": [
+                    {"name": n, **({"module": by_name[n].module, "source": by_name[n].source, "op": by_name[n].op}
+                                   if n in by_name else {})}
+                    for n in sorted(best.floats)
+                ],
+                "size_cost_bytes": dst.stat().st_size - first_size,
+                "size_cost_estimated": False,
+            }  # fmt: skip
+        details["_extra"] = extra
         return details
 
     @staticmethod
@@ -208,6 +297,8 @@ class OnnxExporter(Exporter):
 
         from packager.export.bias_correction import correct_biases
 
+        if plain == dst:  # pragma: no cover - only called when correcting
+            return {"applied": False}
         feeds = _feeds([s.name for s in model.inputs], calibration)
         try:
             out, report = correct_biases(onnx.load(str(fp32)), onnx.load(str(plain)), feeds)

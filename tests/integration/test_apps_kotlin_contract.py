@@ -117,7 +117,7 @@ def test_accuracy_matches_mpk_metrics(harness) -> None:
         py = compare(_stack(ref), _stack(pred), classifier=True)
         for k in ("cosine", "snr_db", "max_abs_error", "top1_agreement"):
             assert kt[k] == pytest.approx(py[k], rel=1e-9, abs=1e-12), k
-        assert kt["samples"] == len(ref)
+        assert kt["samples"] == len(ref) and kt["top1_counted"] == py["top1_counted"]
     exact, scaled, both_zero, one_zero = got[1], got[2], got[3], got[4]
     assert exact["snr_db"] == 200.0 and exact["cosine"] == pytest.approx(1.0) and exact["top1_agreement"] == 1.0
     pooled = np.concatenate([o.ravel() for s in _accuracy_cases()[2][0] for o in s]).astype(np.float64)
@@ -127,6 +127,41 @@ def test_accuracy_matches_mpk_metrics(harness) -> None:
     assert _per_sample_cos(cases[3])[0] == 1.0 and _per_sample_cos(cases[4])[0] == 0.0  # the two zero rules
     assert both_zero["cosine"] == pytest.approx(np.mean(_per_sample_cos(cases[3])))
     assert one_zero["cosine"] == pytest.approx(np.mean(_per_sample_cos(cases[4])))
+
+
+def test_top1_agreement_per_task_and_clear_margin_match_mpk_metrics(harness) -> None:
+    """Top-1 agreement counts only decisions where fp32 has a clear top-1 (mpk.metrics.clear), per sample,
+    per position (language-model) or per pixel (segmentation): the app's count and agreement are Python's."""
+    rng = np.random.default_rng(7)
+    cases = []
+    # classification: near-ties (margin 0.01 std), clear ones, exact ties and a constant row
+    logits = rng.standard_normal((8, 1, 6)).astype(np.float32)
+    logits[0, 0] = [2.0, 1.999, 0.0, 0.0, 0.0, 0.0]  # margin 0.001, std 0.94: a near-tie
+    logits[1, 0, :] = 1.0  # constant
+    logits[2, 0] = [3.0, 3.0, 0.0, 0.0, 0.0, 0.0]  # exact tie
+    flipped = logits.copy()
+    flipped[:, 0, [0, 1]] = flipped[:, 0, [1, 0]]
+    cases.append(("classification", [1, 6], logits, flipped))
+    # language model: (1, T=5, V=7) per sample; noise flips some positions
+    lm = rng.standard_normal((4, 1, 5, 7)).astype(np.float32)
+    cases.append(("language-model", [1, 5, 7], lm, (lm + rng.normal(0, 0.4, lm.shape)).astype(np.float32)))
+    # segmentation: (1, C=3, 4, 4) per sample
+    seg = rng.standard_normal((3, 1, 3, 4, 4)).astype(np.float32)
+    cases.append(("segmentation", [1, 3, 4, 4], seg, (seg + rng.normal(0, 0.5, seg.shape)).astype(np.float32)))
+    reqs = [{"op": "accuracy", "pred": [[p.ravel().tolist()] for p in pred], "ref": [[r.ravel().tolist()] for r in ref],
+             "task": task, "shape": shape} for task, shape, ref, pred in cases]  # fmt: skip
+    got = harness(*reqs)
+    for (task, _, ref, pred), kt in zip(cases, got, strict=True):
+        py = compare([ref], [pred], task=task)
+        assert kt["top1_counted"] == py["top1_counted"], task
+        assert kt["top1_agreement"] == pytest.approx(py["top1_agreement"], rel=1e-12), task
+        assert 0 < py["top1_counted"] < py["top1_decisions"] or task == "classification", task
+    rows = cases[0][2][:, 0].astype(np.float64)
+    top2 = np.sort(rows, axis=1)[:, ::-1][:, :2]
+    margin = top2[:, 0] - top2[:, 1]
+    independent = int(np.sum((margin > 0) & (margin >= 0.1 * rows.std(axis=1))))
+    cls = compare([cases[0][2]], [cases[0][3]], task="classification")
+    assert cls["top1_counted"] == independent <= 5  # the near-tie, the constant row and the exact tie are not counted
 
 
 def _per_sample_cos(case: tuple[list[list[np.ndarray]], list[list[np.ndarray]]]) -> list[float]:

@@ -17,7 +17,8 @@ import torch
 from packager.export import pt2e_bias_correction as bc
 from packager.export.base import capture
 from packager.export.bias_correction import closer_to_fp32
-from packager.export.executorch import ExecuTorchExporter, _clamp_aware_quantizer
+from packager.export.executorch import ExecuTorchExporter
+from packager.export.pt2e_quantizer import make_quantizer
 from tests.integration.export_models import DWNet, bias_reports, calibration, loaded
 
 SHAPE = (1, 3, 32, 32)
@@ -30,14 +31,12 @@ def _biases(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def pt2e():
     """(fp32 module, calibration samples, what calibration recorded, the converted int8 graph)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     torch.manual_seed(1)
     model = loaded(DWNet(), SHAPE, "dwnet", in_name="image")
     samples = [tuple(torch.as_tensor(a) for a in s) for s in calibration(SHAPE, n=16, seed=1).samples]
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    prepared = prepare_pt2e(capture(model, "executorch").module(), _clamp_aware_quantizer(config).set_global(config))
+    prepared = prepare_pt2e(capture(model, "executorch").module(), make_quantizer(dynamic=False))
     fp32 = bc.calibrate(prepared, samples)
     return model.module, samples, fp32, convert_pt2e(prepared)
 

@@ -124,7 +124,8 @@ def test_version_1_results_are_read_and_upgraded(tmp_path: Path) -> None:
 def test_accuracy_metrics() -> None:
     ref = [[np.array([[0.1, 0.9, 0.0]])], [np.array([[0.8, 0.1, 0.1]])]]
     same = accuracy_metrics(ref, ref, task="classification")
-    assert same == {"samples": 2, "max_abs_error": 0.0, "cosine": 1.0, "snr_db": 200.0, "top1_agreement": 1.0}
+    assert same == {"samples": 2, "max_abs_error": 0.0, "cosine": 1.0, "snr_db": 200.0, "top1_agreement": 1.0,
+                    "top1_counted": 2}  # fmt: skip
     flipped = [[np.array([[0.1, 0.9, 0.0]])], [np.array([[0.1, 0.8, 0.1]])]]
     m = accuracy_metrics(flipped, ref)
     assert m["top1_agreement"] == 0.5 and m["max_abs_error"] == pytest.approx(0.7) and m["cosine"] < 1.0

@@ -118,6 +118,7 @@ public enum ResultKeys {
         public static let cosine = "cosine"
         public static let snrDb = "snr_db"
         public static let top1Agreement = "top1_agreement"
+        public static let top1Counted = "top1_counted"
     }
 
     /// $defs.profile: the separate profiled pass after the timed loop (Profile.swift)

@@ -15,11 +15,18 @@ import kotlin.math.sqrt
  *  - snr_db = 10 log10(sum ref^2 / sum (p - ref)^2) over all samples; an exact match is 200 dB (JSON has no
  *    infinity) and no value exceeds 200.
  *  - max_abs_error = the largest |p - ref| over all values.
- *  - top1_agreement = fraction of samples whose argmax of the FIRST output matches the reference's; only for
- *    classification (or, with no task given, when the first output looks like (1, C) logits with C > 1).
+ *  - top1_agreement = over the DECISIONS of the FIRST output on which the reference has a CLEAR top-1, the fraction
+ *    whose argmax matches the reference's; null when no decision is clear, and for any task but classification
+ *    (or, with no task given, a first output that looks like (1, C) logits with C > 1), "language-model" and
+ *    "segmentation". A decision is a sample (classification: all its values), a position (language-model: rows
+ *    of the last axis) or a pixel (segmentation: the class axis is the sample's axis 1).
+ *    Clear: best - second best >= CLEAR_MARGIN (0.1) x the population standard deviation of the decision's scores,
+ *    and > 0. Example: [2.0, 1.98, 0, 0] (std 0.99, margin 0.02) is not clear; [2.0, 1.5, 0, 0] is.
+ *  - top1_counted = how many decisions were clear (the denominator of top1_agreement).
  */
 object Accuracy {
     const val PERFECT_SNR_DB = 200.0
+    const val CLEAR_MARGIN = 0.1
 
     /**
      * [pred] and [ref] are indexed [sample][output] -> flat float values of that sample's output.
@@ -68,19 +75,75 @@ object Accuracy {
         }
         val snr = if (noise == 0.0) PERFECT_SNR_DB else min(PERFECT_SNR_DB, 10 * log10(maxOf(refEnergy, 1e-30) / noise))
         val looksLikeLogits = firstOutputShape.size == 2 && firstOutputShape[0] == 1L && firstOutputShape[1] > 1
+        val mode = when {
+            task == "classification" || (task == null && looksLikeLogits) -> "classification"
+            task == "language-model" || task == "segmentation" -> task
+            else -> null
+        }
         var top1: Double? = null
-        if (task == "classification" || (task == null && looksLikeLogits)) {
+        var counted: Int? = null
+        if (mode != null) {
             var agree = 0
-            for (s in ref.indices) if (argmax(pred[s][0]) == argmax(ref[s][0])) agree++
-            top1 = agree.toDouble() / ref.size
+            var clearRows = 0
+            for (s in ref.indices) {
+                val r = decisions(ref[s][0], mode, firstOutputShape)
+                val p = decisions(pred[s][0], mode, firstOutputShape)
+                for (d in r.indices) {
+                    if (!isClear(r[d])) continue
+                    clearRows++
+                    if (argmax(p[d]) == argmax(r[d])) agree++
+                }
+            }
+            counted = clearRows
+            if (clearRows > 0) top1 = agree.toDouble() / clearRows
         }
         return linkedMapOf(
             ResultKeys.Accuracy.SAMPLES to ref.size,
             ResultKeys.Accuracy.MAX_ABS_ERROR to maxAbs,
             ResultKeys.Accuracy.COSINE to cosineSum / ref.size,
             ResultKeys.Accuracy.SNR_DB to snr,
-            ResultKeys.Accuracy.TOP1_AGREEMENT to top1
+            ResultKeys.Accuracy.TOP1_AGREEMENT to top1,
+            ResultKeys.Accuracy.TOP1_COUNTED to counted
         )
+    }
+
+    /** One sample's first output as rows of scores, one per decision (see the class comment). */
+    fun decisions(v: FloatArray, mode: String, shape: List<Long>): List<FloatArray> {
+        if (mode == "language-model" && shape.isNotEmpty()) {
+            val width = shape[shape.size - 1].toInt()
+            return (0 until v.size / width).map { r -> FloatArray(width) { v[r * width + it] } }
+        }
+        if (mode == "segmentation" && shape.size >= 2) {
+            val classes = shape[1].toInt()
+            var spatial = 1
+            for (i in 2 until shape.size) spatial *= shape[i].toInt()
+            val rows = ArrayList<FloatArray>()
+            for (b in 0 until shape[0].toInt()) {
+                for (px in 0 until spatial) {
+                    rows.add(FloatArray(classes) { c -> v[(b * classes + c) * spatial + px] })
+                }
+            }
+            return rows
+        }
+        return listOf(v)
+    }
+
+    /** Best beats second best by more than 0 and by CLEAR_MARGIN population standard deviations. */
+    fun isClear(v: FloatArray): Boolean {
+        if (v.size < 2) return false
+        var best = Double.NEGATIVE_INFINITY
+        var second = Double.NEGATIVE_INFINITY
+        var sum = 0.0
+        for (x in v) {
+            val d = x.toDouble()
+            sum += d
+            if (d > best) { second = best; best = d } else if (d > second) second = d
+        }
+        val mean = sum / v.size
+        var sq = 0.0
+        for (x in v) { val e = x.toDouble() - mean; sq += e * e }
+        val margin = best - second
+        return margin > 0 && margin >= CLEAR_MARGIN * sqrt(sq / v.size)
     }
 
     /** First index of the maximum, like numpy.argmax. */

@@ -172,6 +172,7 @@ object ResultKeys {
         const val COSINE = "cosine"
         const val SNR_DB = "snr_db"
         const val TOP1_AGREEMENT = "top1_agreement"
+        const val TOP1_COUNTED = "top1_counted"
     }
 }
 
