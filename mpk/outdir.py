@@ -5,14 +5,17 @@
 
 1. before any work, an OUT holding files mpk did not write is refused (exit 2) unless ``--force``;
    a path that cannot be written is exit 4;
-2. everything is written into a staging folder beside OUT (``.OUT.staging-XXXX``);
+2. everything is written into a staging folder beside OUT (``.OUT.staging-PID-XXXX``); one left by a run
+   that was killed (its PID no longer runs) is removed by the next run for the same OUT;
 3. at the end the previous OUT is renamed to ``OUT.prev`` (one generation kept; a folder there that
    mpk did not write is never deleted: the previous one goes to ``OUT.prev2`` and so on), then the
    staging folder is renamed to OUT. A crash, Ctrl-C or a full disk before that leaves OUT exactly
    as it was.
 
 A folder is mpk's when it holds the marker ``.mpk-output.json`` naming its kind and every entry
-beside it (a folder from before the marker existed is recognised by its file names and contents).
+beside it (a folder from before the marker existed is recognised by its file names and contents). A kind
+that names an ``owner`` file (a package: ``manifest.json``, which lists and hashes everything else) is
+recognised by that file and gets no marker.
 An interrupted run can keep what it had under ``OUT.partial`` instead of deleting it.
 """
 
@@ -39,10 +42,14 @@ class OutputKind:
 
     name: str
     legacy: Mapping[str, str | None]
+    #: a file whose presence makes a folder mpk's, instead of the marker (``mpk package``: manifest.json)
+    owner: str | None = None
 
 
 def is_ours(path: Path, kind: OutputKind) -> bool:
     """Whether ``path`` (a folder) holds only what mpk wrote for ``kind``."""
+    if kind.owner is not None:
+        return (path / kind.owner).is_file()
     try:
         entries = {p.name for p in path.iterdir()}
     except OSError:
@@ -80,6 +87,8 @@ class Staged:
     kind: OutputKind
 
     def _mark(self, folder: Path) -> None:
+        if self.kind.owner is not None:
+            return
         entries = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
         (folder / MARKER).write_text(json.dumps({"kind": self.kind.name, "entries": entries}) + "\n")
 
@@ -145,15 +154,45 @@ def prepare(out: Path | str, kind: OutputKind, *, force: bool = False, flag: str
         if entries and not is_ours(out, kind):
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise UsageError(
-                f"{out} holds files mpk did not write for {kind.name} ({shown}); refusing to replace them",
+                f"{out} holds files mpk did not write ({shown}), not an mpk {kind.name}; refusing to replace them",
                 hint=f"choose another {flag}, or pass --force (they are then kept in {out.name}.prev)",
             )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-        os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes 0700; outputs get what a plain mkdir would
+        remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+        umask_mode(staging)
     except OSError as e:
         raise OutputNotWritable(
             f"output directory {out} is not writable: {e.strerror or e}", hint=f"choose another {flag}"
         ) from None
     return Staged(out=out, staging=staging, kind=kind)
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove ``.OUT.staging-PID-*`` folders whose PID no longer runs (a SIGKILLed or timed-out run cannot clean
+    up after itself). A folder of a live PID, or one not named by this scheme, is never touched. Returns what
+    went."""
+    removed = []
+    for p in out.parent.glob(f".{out.name}.staging-*"):
+        pid_text = p.name[len(f".{out.name}.staging-") :].split("-", 1)[0]
+        if not p.is_dir() or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, someone else's
+        return True
+    return True
+
+
+def umask_mode(path: Path) -> None:
+    """mkdtemp makes 0700 folders; an output gets the permissions a plain mkdir would (readable by a CI user)."""
+    os.chmod(path, 0o777 & ~UMASK)
