@@ -428,7 +428,13 @@ def plan_jobs(
             seed=recipe.seed,
             bias_correction=recipe.bias_correction if calibration is not None else None,
             reduce_range=recipe.onnx_reduce_range if backend == "onnx" and scheme.startswith("int8") else None,
-            float_fallback=(recipe.float_fallback, recipe.tolerances.get(scheme), info.task)
+            # the tolerances shape the artifact only through the fallback search; with it off they are the
+            # verification's business (its own cache key), so a stricter recipe reuses the artifact
+            float_fallback=(
+                recipe.float_fallback,
+                recipe.tolerances.get(scheme) if recipe.float_fallback == "auto" else None,
+                info.task,
+            )
             if scheme.startswith("int8") and backend in ("executorch", "onnx")
             else None,
         )

@@ -189,7 +189,12 @@ def _quantize_pt2e(
     details: dict[str, Any] = {
         "policy": policy,
         "policy_reason": pq.POLICY_REASONS[policy],
-        "calibration_check": {"samples": len(checked), **le._rounded(best.metrics), "missed": best.missed},
+        "calibration_check": {
+            "samples": len(checked),
+            **le._rounded(best.metrics),
+            "missed": best.missed,
+            "tolerances": tol,
+        },
         "layer_errors": le.table(rows, samples=min(len(samples), le.LAYER_SAMPLES), where="PT2E graph vs fp32"),
     }
     if best.quantized.correction is not None:

@@ -242,7 +242,7 @@ class OnnxExporter(Exporter):
             few = feeds[: le.LAYER_SAMPLES]
             if not fp32_acts:
                 fp32_acts.append(ol.fp32_activations(pre, few))
-            return ol.layer_errors(pre, onnx.load(str(q[0])), few, want=fp32_acts[0])
+            return ol.layer_errors(pre, onnx.load(str(q[0])), few, want=fp32_acts[0], exported=src)
 
         try:
             auto = self.float_fallback == "auto" and not external
@@ -265,7 +265,12 @@ class OnnxExporter(Exporter):
             "policy": policy,
             "policy_reason": ol.POLICY_REASONS[policy],
             "op_types_to_quantize": options["op_types_to_quantize"] or "ONNX Runtime's default",
-            "calibration_check": {"samples": len(checked), **le._rounded(best.metrics), "missed": best.missed},
+            "calibration_check": {
+                "samples": len(checked),
+                **le._rounded(best.metrics),
+                "missed": best.missed,
+                "tolerances": tol,
+            },
         }
         if correct:
             details["bias_correction"] = best.quantized[1]

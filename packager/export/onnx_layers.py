@@ -136,10 +136,18 @@ def fp32_activations(fp32_path: Path, feeds: list[dict[str, np.ndarray]]) -> dic
 
 
 def layer_errors(
-    fp32_path: Path, qdq_model: Any, feeds: list[dict[str, np.ndarray]], want: dict[str, list] | None = None
+    fp32_path: Path,
+    qdq_model: Any,
+    feeds: list[dict[str, np.ndarray]],
+    want: dict[str, list] | None = None,
+    exported: Path | None = None,
 ) -> list[LayerError]:
     """Per-node SNR of ``qdq_model`` against the fp32 model at ``fp32_path`` (the one it was quantized from, so node
     names match), over ``feeds``; ranked by what each node lost (:func:`packager.export.layer_errors.rank`).
+
+    Module paths and source lines come from ``exported`` (torch.onnx's own file) when given: ONNX Runtime's
+    pre-processing, which made ``fp32_path``, drops node metadata, and names a fused node after the first node
+    it fused (``node_MatMul_8/MatMulAddFusion``).
 
     The QDQ model is evaluated as written: its integer ops, if any, through :func:`onnx_reference.reference_model`.
     """
@@ -168,8 +176,10 @@ def layer_errors(
     producer = {o: n for n in fp32.graph.node for o in n.output}
     inputs = {name: _measured_inputs(nodes[name], producer, set(snrs)) for name in snrs}
     rows = rank(snrs, inputs, {n: nodes[n].op_type for n in snrs}, quantized_nodes(qdq_model))
+    described = {n.name: n for n in onnx.load(str(exported), load_external_data=False).graph.node} if exported else {}
     for r in rows:
-        r.module, r.source = module_path(nodes[r.name]), node_source(nodes[r.name])
+        node = described.get(r.name) or described.get(r.name.split("/", 1)[0]) or nodes[r.name]
+        r.module, r.source = module_path(node), node_source(node)
     return rows
 
 

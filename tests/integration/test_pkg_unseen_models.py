@@ -131,7 +131,9 @@ def test_token_model_quantizes_to_int8_on_both_backends(models: Path, tmp_path: 
         worst = a["details"]["layer_errors"]["worst"]
         assert worst and all({"module", "source", "snr_db", "loss_db"} <= set(r) for r in worst)
         quantized = [r for r in worst if r["quantized"]]
-        assert quantized and all(r["module"] in ("qkv", "proj", "head") for r in quantized), quantized
+        assert quantized and all(r["module"] in ("qkv", "proj", "head") for r in quantized), [
+            (art_id, r["name"], r["module"]) for r in quantized
+        ]
     assert m["model"]["task"] == "classification"
     assert arts["executorch-int8"]["verification"]["metrics"]["top1_counted"] is not None
     assert schema_problems(json.loads((res.out / "manifest.json").read_text()), "manifest") == []
