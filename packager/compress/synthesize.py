@@ -144,10 +144,10 @@ def synthesize(
                 loss.backward()
                 opt.step()
                 if step == 0:
-                    rep.loss_first.append(round(float(bn_loss), 6))
+                    rep.loss_first.append(round(float(bn_loss.detach()), 6))
                 rep.steps_run += 1
                 if progress is not None:
-                    progress(b * cfg.steps + step + 1, batches * cfg.steps, float(bn_loss))
+                    progress(b * cfg.steps + step + 1, batches * cfg.steps, float(bn_loss.detach()))
                 if time.monotonic() - tb > per_batch_seconds:
                     rep.stopped_by = "time cap"
                     break
