@@ -1,6 +1,7 @@
 """Per-column statistics of what each consumer layer reads: mean and variance, from data and from BatchNorm.
 
-Two estimates, averaged when both exist (the moments of a 50/50 mixture of the two distributions):
+Two estimates of each column's variance, averaged when both exist (a 50/50 mixture of the two
+distributions); the mean used for compensation is the data's whenever there is data:
 
 * **data**: the calibration inputs run through the model; every spatial position of a conv's input is a
   sample. Honest, but a few photos are a narrow slice of what the model was trained on: a channel that is
@@ -179,8 +180,10 @@ def channel_stats(
         mean = sum(p[0] for p in parts) / len(parts)
         # mixture: E[x^2] averaged, minus the mixture mean squared
         ex2 = sum(p[1] + p[0] ** 2 for p in parts) / len(parts)
-        st.mean[c] = mean
         st.var[c] = (ex2 - mean**2).clamp_min(0.0)
+        # the mean folded into biases is the data's when there is data: what the channel really outputs on
+        # the inputs at hand (the prior is a guess, and a wrong constant is a bias error everywhere)
+        st.mean[c] = data[c][0] if c in data else mean
     mods = dict(model.named_modules())
     for layer, bn_name in successor_norms(model, example_inputs).items():
         bn = mods[bn_name]
