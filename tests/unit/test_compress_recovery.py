@@ -15,6 +15,7 @@ from packager.compress.groups import dependency_graph, find_groups, layer_costs
 from packager.compress.recovery import RecoveryConfig, Tracker, bn_step, reestimate_bn
 from packager.compress.stats import channel_stats
 from packager.compress.structured import StructuredPruneConfig, group_scores, prune_groups, prune_structured
+from packager.verify import compute_metrics
 
 
 class BnNet(nn.Module):
@@ -203,6 +204,16 @@ def test_sensitivity_rows_measure_each_group_alone() -> None:
     assert by[("expand", 0.25)].snr_db > 60  # dead channels: free
     assert by[("expand", 0.5)].snr_db < by[("expand", 0.25)].snr_db
     assert net.expand.out_channels == 64  # the model itself is untouched
+    # the simulated cut (consumer inputs replaced) is the real pruned model's output, number for number
+    res = g.out_group["stem"]
+    for group, layer, kept in (("expand", "expand", 32), (res, "stem", 8)):
+        real = copy.deepcopy(net)
+        prune_structured(
+            real, EX, StructuredPruneConfig(ratio=0.0, per_layer={layer: 0.5}, importance="energy"), stats=st
+        )
+        m = compute_metrics([ref], [run_batched(real, X)], classifier=True)
+        [row] = [r for r in rows if r.group == group and r.kept == kept]
+        assert m["snr_db"] == pytest.approx(row.snr_db, abs=0.01), group
 
 
 def test_synthesis_matches_batchnorm_statistics_and_is_seeded() -> None:
