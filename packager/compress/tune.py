@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FLOOR_KEYS = ("top1_agreement", "accuracy", "cosine", "snr_db")
 DEFAULT_AMOUNTS = {
-    "macs": (0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5),
-    "params": (0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5),
+    "macs": (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+    "params": (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
     "channels": (0.0, 0.25, 0.5),
 }
 #: fp32's top-1 probability must beat its second by this much for a held-out sample to count as "sure"
@@ -83,7 +83,9 @@ class TuneConfig:
     schemes: tuple[str, ...] = ("fp32", "int8")
     importance: str | None = None
     round_to: int | None = 8
-    sensitivity_ratios: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75)
+    sensitivity_ratios: tuple[float, ...] = (0.125, 0.25, 0.5)
+    #: guard samples each of the ~70 sensitivity cuts runs on (SNR over all logits settles within tens)
+    sensitivity_samples: int = 32
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     distill: DistillConfig | None = None
     #: wall-clock budget for the whole search (the export phase gets what is left, at least one trial)
@@ -125,8 +127,10 @@ class TuneConfig:
         for k in ("trial_timeout", "budget_seconds"):
             if not getattr(self, k) > 0:
                 problems.append(f"{k} must be > 0, got {getattr(self, k)!r}")
-        if not isinstance(self.latency_iters, int) or self.latency_iters < 1:
-            problems.append(f"latency_iters must be a positive integer, got {self.latency_iters!r}")
+        for k in ("latency_iters", "sensitivity_samples"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"{k} must be a positive integer, got {v!r}")
         if problems:
             raise ConfigError("tune", problems)
         try:  # the structured settings every variant will use: refuse a bad importance/ratio now
@@ -460,7 +464,7 @@ def _search(
     cal_x = stack_samples(data.calibration.samples)
     stats = channel_stats(student, graph, cal_x, ex)
     scores = {g.name: group_scores(student, g, base.importance, stats) for g in graph.groups}
-    guard_x = stack_samples(data.guard.samples)
+    guard_x = stack_samples(data.guard.samples[: cfg.sensitivity_samples])
     guard_ref = run_batched(student, guard_x)
     t0 = time.monotonic()
     rows = measure_sensitivity(
@@ -480,7 +484,7 @@ def _search(
     measured = {r.group for r in rows}
     say(
         f"sensitivity: {len(rows)} cuts of {len(measured)}/{len(graph.groups)} groups in "
-        f"{time.monotonic() - t0:.0f}s (on {len(data.guard)} guard samples)"
+        f"{time.monotonic() - t0:.0f}s (on {len(guard_x)} guard samples)"
     )
     res.sensitivity = [dataclasses.asdict(r) for r in rows]
     res.most_sensitive = most_sensitive(rows)
