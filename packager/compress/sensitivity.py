@@ -17,7 +17,6 @@ delegate (fp32 kernels), with a dequantize/quantize pair around it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,19 +56,18 @@ class MixedPrecisionPlan:
 
 
 def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
-    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` over all samples (first output only)."""
-    r = np.concatenate([np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in ref])
-    o = np.concatenate([np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in out])
-    noise = float(((r - o) ** 2).sum())
-    signal = float((r**2).sum())
-    snr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
-    denom = float(np.linalg.norm(r) * np.linalg.norm(o))
-    cos = float((r * o).sum() / denom) if denom else 1.0
-    top1 = float((r.argmax(-1) == o.argmax(-1)).mean()) if r.shape[-1] > 1 else 1.0
+    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` (one array per batch, first output only), as
+    :func:`packager.verify.compute_metrics` defines them, so a mixed-precision budget bounds the same numbers
+    a recipe's tolerances do."""
+    from packager.verify import compute_metrics
+
+    r = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in ref])
+    o = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in out])
+    m = compute_metrics([r], [o], classifier=r.shape[-1] > 1)
     return {
-        "snr_db": round(snr, 3) if snr != math.inf else 999.0,
-        "cosine": round(cos, 6),
-        "top1_agreement": round(top1, 6),
+        "snr_db": round(float(m["snr_db"] or 0.0), 3),
+        "cosine": round(float(m["cosine"] or 0.0), 6),
+        "top1_agreement": round(float(m["top1_agreement"]), 6) if m["top1_agreement"] is not None else 1.0,
     }
 
 

@@ -628,6 +628,15 @@ def _grid_trials(
         res.trials.append(t)
         say(_trial_line(t))
         t0 = time.monotonic()
+    if compressed is not None and compressed.quantized is not None:
+        # qat / mixed_precision: their already-int8 ExecuTorch model is an artifact of its own, as in mpk package
+        t = Trial(prune=label, scheme=compressed.quantized_scheme or "int8", target=cfg.target)
+        t.macs, t.mac_reduction = (
+            (int(srep["macs_after"]), round(1 - srep["macs_after"] / srep["macs_before"], 4)) if srep else (0, 0.0)
+        )
+        _export_trial(cfg, lm, data, classifier, t, t.scheme, exporter, work, t0, quantized=compressed)
+        res.trials.append(t)
+        say(_trial_line(t))
 
 
 def _replay_amount(comp: CompressionConfig) -> float:
@@ -648,6 +657,8 @@ def _export_trial(
     exporter: Any,
     work: Path,
     t0: float,
+    *,
+    quantized: Any = None,
 ) -> None:
     import numpy as np
 
@@ -655,7 +666,14 @@ def _export_trial(
         t.parameters = sum(p.numel() for p in lm.module.parameters())
         tdir = work / f"{t.target}{t.prune:g}-{scheme}"
         shutil.rmtree(tdir, ignore_errors=True)
-        art = exporter.export(lm, scheme, data.calibration, tdir)
+        if quantized is not None:
+            from packager.compress.recipe_io import export_quantized
+
+            if cfg.backend != "executorch":
+                raise UsageError(f"{scheme} is an ExecuTorch artifact; this replay's backend is {cfg.backend}")
+            art = export_quantized(quantized, tdir)
+        else:
+            art = exporter.export(lm, scheme, data.calibration, tdir)
         _check_time(t0, cfg.trial_timeout, "export")
         t.artifact = str(art.path)
         t.size_bytes = _size(art.path)

@@ -248,6 +248,12 @@ def test_replay_applies_every_compression_section(tmp_path: Path) -> None:
         progress=False,
     ).trials[0]
     assert measure_sizes(Path(t.artifact)).compressed_bytes < measure_sizes(Path(unpruned.artifact)).compressed_bytes
+    # a qat section yields its own already-int8 artifact in the replay, as in mpk package
+    qat = {"epochs": 1, "optimizer": "adam", "lr": 0.0005, "batch_size": 64, "augment": "none"}
+    cfg = replay_config(_write(tmp_path / "q.yaml", {**spec, "compression": {"qat": qat}}), latency_iters=2)
+    trials = run_tune(cfg, tmp_path / "q", progress=False).trials
+    assert [t.scheme for t in trials] == ["fp32", "int8-qat"] and all(t.status == "ok" for t in trials)
+    assert trials[1].size_bytes < 0.5 * trials[0].size_bytes and trials[1].top1_agreement > 0.9
 
 
 def _write(path: Path, spec: dict) -> Path:
