@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FLOOR_KEYS = ("top1_agreement", "accuracy", "cosine", "snr_db")
 DEFAULT_AMOUNTS = {
-    "macs": (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
-    "params": (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+    "macs": (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+    "params": (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
     "channels": (0.0, 0.25, 0.5),
 }
 #: fp32's top-1 probability must beat its second by this much for a held-out sample to count as "sure"
@@ -83,7 +83,8 @@ class TuneConfig:
     schemes: tuple[str, ...] = ("fp32", "int8")
     importance: str | None = None
     round_to: int | None = 8
-    sensitivity_ratios: tuple[float, ...] = (0.125, 0.25, 0.5)
+    #: the fine end finds the channels nothing reads (a projection column of zeros): free at any input
+    sensitivity_ratios: tuple[float, ...] = (0.03125, 0.0625, 0.125, 0.25, 0.5)
     #: guard samples each of the ~70 sensitivity cuts runs on (SNR over all logits settles within tens)
     sensitivity_samples: int = 32
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
@@ -748,8 +749,28 @@ def _search_line(t: Trial) -> str:
     return (
         f"  {t.target} -{t.prune:<5g} MACs -{t.mac_reduction:.1%}  held-out top1 {t.top1_agreement:.3f} "
         f"(sure {_pct(t.top1_agreement_sure)})  SNR {t.snr_db:5.1f} dB (predicted {t.predicted_snr_db:.1f} on the "
-        f"guard)  {'meets' if t.meets_floor else 'misses'} the floor  ({t.seconds:.0f}s)"
+        f"guard)  {'meets' if t.meets_floor else 'misses'} the floor  ({t.seconds:.0f}s)" + _steps(t)
     )
+
+
+def _steps(t: Trial) -> str:
+    """The guarded recovery steps of a search trial: agreement on the guard data before -> after, kept or not."""
+    out = []
+    bn = t.recovery.get("batchnorm") or {}
+    if bn.get("before"):
+        out.append(
+            f"batchnorm {_pct(bn['before'].get('top1_agreement'))} -> {_pct(bn['after'].get('top1_agreement'))} "
+            + ("kept" if bn.get("applied") else "undone")
+        )
+    elif bn:
+        out.append(f"batchnorm skipped ({bn.get('reason')})")
+    d = t.recovery.get("distill")
+    if d:
+        out.append(
+            f"distill {_pct(d['before'].get('top1_agreement'))} -> {_pct(d['after'].get('top1_agreement'))} "
+            + ("kept" if d.get("kept") else "undone")
+        )
+    return ("\n      guard: " + "; ".join(out)) if out else ""
 
 
 def _trial_line(t: Trial) -> str:
