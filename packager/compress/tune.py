@@ -532,11 +532,15 @@ def _search(
             lo = mid
         else:
             hi = mid
-    # refine between the last pass and the first miss, one percent at a time
+    # refine between the last pass and the first miss, down to a tenth of the amount (at least 0.5 points)
     a_lo = amounts[lo] if lo >= 0 else 0.0
     a_hi = amounts[hi] if hi < len(amounts) else None
-    while a_hi is not None and a_hi - a_lo > 0.011 and time.monotonic() < deadline - _reserve(trials):
-        a = round((a_lo + a_hi) / 2, 3)
+    while (
+        a_hi is not None
+        and a_hi - a_lo > max(0.005, 0.1 * a_hi) + 1e-9
+        and time.monotonic() < deadline - _reserve(trials)
+    ):
+        a = round((a_lo + a_hi) / 2, 4)
         if evaluate(a).meets_floor:
             a_lo = a
         else:
