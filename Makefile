@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Real peers the tests drive: Debian's adb, PostgreSQL, Chromium, and kotlinc
-# (compiles android_app's platform-independent Kotlin to check it against runners/stats.py).
+# Real peers the tests drive: Debian's adb, PostgreSQL, Chromium, kotlinc (compiles android_app's
+# platform-independent Kotlin to check it against runners/stats.py), aapt + android-framework-res
+# (compile android_app's manifest and resources against the Android framework's), and qemu-user
+# (runs ONNX Runtime as an AVX2-only CPU, so int8 checks see the saturating kernel on any x86 host).
 # Installed only when missing; needs root (CI runs as root).
 system-deps:
 	@missing=""; \
@@ -27,6 +29,9 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v kotlinc >/dev/null || missing="$$missing kotlin"; \
+	command -v qemu-x86_64 >/dev/null || missing="$$missing qemu-user"; \
+	command -v aapt >/dev/null || missing="$$missing aapt"; \
+	test -f /usr/share/android-framework-res/framework-res.apk || missing="$$missing android-framework-res"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -38,7 +43,8 @@ demo: setup
 	@# table names it, so the demo goes on to show the rest. Any other failure stops here.
 	$(BIN)/mpk package --model efficientnet-lite0 --quantize none,int8 \
 	    --backends executorch,onnx,coreml --out $(OUT)/package || [ $$? -eq 1 ]
-	$(BIN)/mpk bench $(OUT)/package/manifest.json --devices devices.yaml --fallback emulator --out $(OUT)/bench
+	$(BIN)/mpk bench $(OUT)/package/manifest.json --devices devices.yaml --fallback emulator --profile \
+	    --out $(OUT)/bench
 	$(BIN)/mpk gate $(OUT)/bench/results.json --budgets devices.yaml --report $(OUT)/report
 
 test: setup system-deps

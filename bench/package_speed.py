@@ -1,26 +1,33 @@
 """How long does ``mpk package`` take next to calling the libraries directly, and when cached?
 
-Prints one table. Three measurements in the same run, on the same machine:
+Prints one table. Three measurements per repetition, on the same machine, each a fresh process:
 
-1. ``mpk package`` (a subprocess, cold: a fresh cache dir) for int8 on executorch + onnx;
-   this includes loading, data, fp32 reference, export, verification and the manifest.
-2. The same exports by hand, with no mpk code on the timed path: torch.export + PT2E
-   XNNPACKQuantizer + to_edge_transform_and_lower for ExecuTorch; torch.onnx.export (dynamo)
-   + onnxruntime quantize_static for ONNX. Same calibration samples.
-3. ``mpk package`` again into the same cache (artifacts copied, not re-exported).
+1. ``mpk package`` cold (a fresh cache dir, the built-in's weights already trained there) for int8 on
+   executorch + onnx: loading, data, fp32 reference, export, bias correction, verification, zstd sizes and
+   the manifest.
+2. The same exports by hand, with no mpk code on the timed path, in a fresh process of its own
+   (``--direct``), so it pays for the interpreter and the imports as ``mpk`` does: torch.export + PT2E
+   XNNPACKQuantizer + to_edge_transform_and_lower for ExecuTorch; torch.onnx.export (dynamo) +
+   quant_pre_process + onnxruntime quantize_static for ONNX. Same calibration samples.
+3. ``mpk package`` again into the same cache (artifacts, verifications and references reused).
 
-The difference between 1 and 2 is what mpk adds (verification over the evaluation set, zstd -19
-sizes, manifest); 3 shows what the cache saves. Usage::
+The difference between 1 and 2 is what mpk adds (bias correction, verification over the evaluation set,
+the fp32 reference, zstd -19 sizes, manifest); 3 shows what the cache saves. On a shared machine
+timings move by a quarter between runs: ``--repeat N`` runs everything N times, interleaved, and prints
+the median of each row and every repetition's ratio. Usage::
 
-    python bench/package_speed.py                  # efficientnet-lite0 (minutes on 2 cores)
+    python bench/package_speed.py                      # efficientnet-lite0 (minutes on 2 cores)
     python bench/package_speed.py --model digits-cnn   # quick
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,23 +35,47 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
-def _mpk(args: list[str], cache: Path) -> float:
-    env = dict(os.environ, MPK_CACHE_DIR=str(cache))
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "mpk", *args], env=env, capture_output=True, text=True, check=False)
-    dt = time.perf_counter() - t0
+def _env(cache: Path) -> dict[str, str]:
+    return dict(os.environ, MPK_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _timed(cmd: list[str], env: dict[str, str], cpu: bool) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall seconds of the process, or with ``cpu`` its CPU seconds (user + sys, all threads)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    return (_children_cpu() - c0) if cpu else (time.perf_counter() - t0), r
+
+
+def _mpk(args: list[str], cache: Path, cpu: bool) -> float:
+    dt, r = _timed([sys.executable, "-m", "mpk", *args], _env(cache), cpu)
     # exit 1 = an artifact missed its verification tolerance: everything was still built and written, which
     # is what is being timed. Anything else means the run did not do the work.
     if r.returncode not in (0, 1):
         sys.exit(f"mpk package failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
-
     return dt
 
 
-def _direct_executorch(model, calib, out: Path) -> float:
+def _direct(a: argparse.Namespace, cache: Path, work: Path) -> tuple[float, dict[str, float]]:
+    """The direct calls in a fresh process: (seconds of the whole process, its own step timings)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--direct", str(work), "--model", a.model]
+    cmd += ["--calibration-count", str(a.calibration_count)] + (["--cpu"] if a.cpu else [])
+    dt, r = _timed(cmd, _env(cache), a.cpu)
+    if r.returncode != 0:
+        sys.exit(f"direct export failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return dt, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --- the direct calls (run with --direct, in their own process) ---------------------------------------------
+
+
+def _direct_executorch(model, calib, out: Path, clock) -> float:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -54,7 +85,7 @@ def _direct_executorch(model, calib, out: Path) -> float:
     from executorch.exir import to_edge_transform_and_lower
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    t0 = time.perf_counter()
+    t0 = clock()
     ex = tuple(model.example_inputs)
     with torch.no_grad():
         ep = torch.export.export(model.module, ex)
@@ -66,12 +97,13 @@ def _direct_executorch(model, calib, out: Path) -> float:
         ep2 = torch.export.export(converted, ex)
         prog = to_edge_transform_and_lower(ep2, partitioner=[XnnpackPartitioner()]).to_executorch()
     (out / "direct.pte").write_bytes(prog.buffer)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def _direct_onnx(model, calib, out: Path) -> float:
+def _direct_onnx(model, calib, out: Path, clock) -> float:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = model.inputs[0].name
 
@@ -82,12 +114,13 @@ def _direct_onnx(model, calib, out: Path) -> float:
         def get_next(self):
             return next(self.it, None)
 
-    t0 = time.perf_counter()
-    fp32 = out / "direct-fp32.onnx"
+    t0 = clock()
+    fp32, pre = out / "direct-fp32.onnx", out / "direct-pre.onnx"
     prog = torch.onnx.export(model.module, tuple(model.example_inputs), dynamo=True, input_names=[name], verbose=False)
     prog.save(str(fp32))
+    quant_pre_process(str(fp32), str(pre))  # per-channel axes need the inferred shapes, as in mpk
     quantize_static(
-        str(fp32),
+        str(pre),
         str(out / "direct-int8.onnx"),
         Reader(),
         quant_format=QuantFormat.QDQ,
@@ -95,7 +128,33 @@ def _direct_onnx(model, calib, out: Path) -> float:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def direct_main(work: Path, model_name: str, calibration_count: int, clock) -> None:
+    """Imports, model + data, the two exports; prints the step timings as one JSON line."""
+    t0 = clock()
+    import torch  # noqa: F401
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    from executorch.exir import to_edge_transform_and_lower  # noqa: F401
+    from onnxruntime.quantization import quantize_static  # noqa: F401
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e  # noqa: F401
+
+    t_imports = clock() - t0
+    sys.path.insert(0, str(ROOT))
+    from packager.data import load_dataset
+    from packager.models import load_model
+
+    t0 = clock()
+    model = load_model(model_name)
+    calib = load_dataset("builtin", model, count=calibration_count, purpose="calibration")
+    t_load = clock() - t0
+    t_et = _direct_executorch(model, calib, work, clock)
+    t_onnx = _direct_onnx(model, calib, work, clock)
+    print(json.dumps({"imports": t_imports, "load": t_load, "executorch": t_et, "onnx": t_onnx}))
+
+
+# --- the table ----------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -103,44 +162,64 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--calibration-count", type=int, default=32)
     ap.add_argument("--eval-count", type=int, default=96)
+    ap.add_argument("--repeat", type=int, default=1, help="run everything N times, interleaved; report medians")
+    ap.add_argument(
+        "--cpu",
+        action="store_true",
+        help="report CPU seconds (user+sys, all threads) instead of wall time: steadier on a shared machine; "
+        "with OMP_NUM_THREADS=1 it is close to the work done",
+    )
+    ap.add_argument("--direct", metavar="WORKDIR", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.direct:
+        direct_main(Path(a.direct), a.model, a.calibration_count, time.process_time if a.cpu else time.perf_counter)
+        return
 
-    work = Path(tempfile.mkdtemp(prefix="mpk-bench-"))
-    cache = work / "cache"
-    args = ["package", "--model", a.model, "--quantize", "int8", "--backends", "executorch,onnx"]
-    args += ["--calibration-count", str(a.calibration_count), "--eval-count", str(a.eval_count)]
-    args += ["--out", str(work / "pkg")]
-    try:
-        cold = _mpk(args, cache)
-        warm = _mpk(args, cache)
+    runs: list[dict[str, float]] = []
+    for i in range(a.repeat):
+        work = Path(tempfile.mkdtemp(prefix="mpk-bench-"))
+        cache = work / "cache"
+        args = ["package", "--model", a.model, "--quantize", "int8", "--backends", "executorch,onnx"]
+        args += ["--calibration-count", str(a.calibration_count), "--eval-count", str(a.eval_count)]
+        args += ["--out", str(work / "pkg")]
+        try:
+            # the built-in's weights (digits-cnn trains at first use) are made before any clock starts
+            prep = f"from packager.models import load_model; load_model({a.model!r})"
+            subprocess.run([sys.executable, "-c", prep], env=_env(cache), check=True, capture_output=True)
+            direct_first = i % 2 == 1  # alternate, so a machine getting busier does not favour one side
+            if direct_first:
+                wall, parts = _direct(a, cache, work)
+            cold = _mpk(args, cache, a.cpu)
+            warm = _mpk(args, cache, a.cpu)
+            if not direct_first:
+                wall, parts = _direct(a, cache, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        runs.append({"cold": cold, "warm": warm, "direct": wall, **{f"d_{k}": v for k, v in parts.items()}})
 
-        os.environ["MPK_CACHE_DIR"] = str(cache)  # built-in digits weights are already trained there
-        from packager.data import load_dataset
-        from packager.models import load_model
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
 
-        t0 = time.perf_counter()
-        model = load_model(a.model)
-        calib = load_dataset("builtin", model, count=a.calibration_count, purpose="calibration")
-        t_load = time.perf_counter() - t0
-        t_et = _direct_executorch(model, calib, work)
-        t_onnx = _direct_onnx(model, calib, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    direct = t_load + t_et + t_onnx
+    ratios = [r["cold"] / r["direct"] for r in runs]
+    imports = med("direct") - sum(med(f"d_{k}") for k in ("load", "executorch", "onnx"))
+    plain = "no verification, no bias correction"
     rows = [
-        ("mpk package, cold cache (subprocess)", cold, "load+data+export+verify+zstd+manifest"),
-        ("direct: load model + calibration data", t_load, "in-process (torch already imported)"),
-        ("direct: executorch int8 (PT2E + XNNPACK)", t_et, "no verification"),
-        ("direct: onnx int8 (dynamo + quantize_static)", t_onnx, "no verification"),
-        ("direct: total", direct, ""),
-        ("mpk package, cached re-run (subprocess)", warm, f"{cold / warm:.1f}x faster than cold"),
+        ("mpk package, cold cache (subprocess)", med("cold"), "load+data+reference+export+bias corr.+verify+zstd"),
+        ("direct: interpreter start + imports", imports, "torch, executorch, torchao, onnxruntime"),
+        ("direct: load model + calibration data", med("d_load"), "in-process"),
+        ("direct: executorch int8 (PT2E + XNNPACK)", med("d_executorch"), plain),
+        ("direct: onnx int8 (dynamo + quantize_static)", med("d_onnx"), "with quant_pre_process; " + plain),
+        ("direct: total (subprocess)", med("direct"), ""),
+        ("mpk cold / direct", statistics.median(ratios), "per run: " + ", ".join(f"{x:.2f}" for x in ratios)),
+        ("mpk package, cached re-run (subprocess)", med("warm"), f"{med('cold') / med('warm'):.1f}x faster than cold"),
     ]
-    print(f"\nmodel={a.model} int8 executorch+onnx, calibration={a.calibration_count}, eval={a.eval_count}")
+    print(f"\nmodel={a.model} int8 executorch+onnx, calibration={a.calibration_count}, eval={a.eval_count}", end="")
+    print(f", runs={a.repeat} (medians)" + (", CPU seconds" if a.cpu else ""))
     print(f"{'step':<46} {'seconds':>9}  note")
     print("-" * 100)
     for name, sec, note in rows:
-        print(f"{name:<46} {sec:9.1f}  {note}")
+        value = f"{sec:8.2f}x" if name.startswith("mpk cold /") else f"{sec:9.1f}"
+        print(f"{name:<46} {value}  {note}")
 
 
 if __name__ == "__main__":

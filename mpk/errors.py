@@ -162,3 +162,11 @@ class RunnerError(InfraError):
 
 class SchemaError(InfraError):
     """A result/manifest failed its JSON Schema. The message names the bad field's path."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept: ``Interrupted("out/ was left as it was; ...")``. Exit 130."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message

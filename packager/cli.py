@@ -86,16 +86,84 @@ def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) -> None:
+def verification_notes(manifest: dict[str, Any]) -> list[str]:
+    """Lines under the table: where each artifact's numbers came from, when it was not simply this host's runtime."""
+    lines = []
+    for a in manifest["artifacts"]:
+        v = a["verification"]
+        hk = v.get("host_kernel")
+        if hk:
+            m = hk["metrics"]
+            lines.append(
+                f"  [dim]{a['id']}: judged on its graph's exact int8 arithmetic (what a phone computes); "
+                f"this host's kernel gives cosine {_fmt(m.get('cosine'), '.5f')}, "
+                f"top-1 {_fmt(m.get('top1_agreement'), '.3f')} on {hk['cpu']}[/dim]"
+            )
+        if v.get("warning"):
+            lines.append(f"[bold yellow]NOTE:[/bold yellow] {a['id']}: {v['warning']}")
+        lines += _quantization_notes(a)
+        w = v.get("weights")
+        if w:
+            worst = w.get("worst_snr_db")
+            shown = f", worst layer SNR {worst:.1f} dB" if worst is not None else ""
+            state = "ok" if w["ok"] else "FAILED: " + "; ".join(w["problems"])
+            lines.append(
+                f"  [dim]{a['id']}: stored weights read back and compared with fp32: {w['layers']} "
+                f"layers{shown}: {state}[/dim]"
+            )
+    return lines
+
+
+def _quantization_notes(a: dict[str, Any]) -> list[str]:
+    """Float fallback, the worst layers of an int8 artifact that missed, and what ExecuTorch left undelegated."""
+    from packager.export.layer_errors import worst_lines
+
+    details, v, out = a.get("details") or {}, a["verification"], []
+    fb = details.get("float_fallback")
+    if fb and fb.get("layers"):
+        names = ", ".join(layer.get("module") or layer["name"] for layer in fb["layers"][:6])
+        more = f" and {len(fb['layers']) - 6} more" if len(fb["layers"]) > 6 else ""
+        cost = fb.get("size_cost_bytes", 0) / 1e3
+        met = "met" if fb.get("met_tolerance") else "did NOT meet"
+        out.append(
+            f"  [dim]{a['id']}: float fallback kept {len(fb['layers'])} layer(s) in float ({names}{more}), "
+            f"+{cost:.0f} kB{' (estimated)' if fb.get('size_cost_estimated') else ''}; {met} the tolerance on "
+            f"the calibration samples[/dim]"
+        )
+    if v["status"] == "failed" and details.get("layer_errors"):
+        le = details["layer_errors"]
+        out.append(f"  {a['id']}: the five layers that lost most ({le['measured_on']}):")
+        out += [f"    {line}" for line in worst_lines(le)]
+    d = a.get("delegation") or {}
+    if d.get("not_delegated_because"):
+        out.append(f"[bold yellow]NOTE:[/bold yellow] {a['id']}: {d['not_delegated_because']}")
+    elif d.get("explanation"):
+        where = d.get("undelegated_where") or {}
+        shown = "; ".join(f"{op} in {', '.join(w)}" for op, w in list(where.items())[:3] if w)
+        out.append(f"  [dim]{a['id']}: {d['explanation']}{'. From: ' + shown if shown else ''}[/dim]")
+    return out
+
+
+def render_summary(
+    manifest: dict[str, Any], manifest_path: Path | None = None, *, file_problems: dict[str, list[str]] | None = None
+) -> None:
+    """The artifact table; ``file_problems`` (``mpk inspect``) replaces the verify column of a changed artifact."""
     from rich.table import Table
 
     con = _console()
     table = Table(title=f"{manifest['model']['name']} ({manifest['model']['sha256'][:12]})")
     for col in ("backend", "scheme", "size MB", "vs fp32", "delegated", "cosine", "top-1 agree", "verify", "cache"):
         table.add_column(col, overflow="fold")
-    for row in summary_rows(manifest):
+    problems = file_problems or {}
+    for a, row in zip(manifest["artifacts"], summary_rows(manifest), strict=True):
+        if a["id"] in problems:
+            row[7] = "[bold red]NOT AS PACKAGED[/bold red]: " + "; ".join(problems[a["id"]])
         table.add_row(*row)
+    if "reference" in problems:
+        con.print("[bold red]reference:[/bold red] " + "; ".join(problems["reference"]))
     con.print(table)
+    for line in verification_notes(manifest):
+        con.print(line)
     for f in manifest["failures"]:
         con.print(f"[bold red]FAILED[/bold red] {f['backend']}/{f['scheme']}: {f['error']}")
     for purpose in ("calibration", "evaluation"):
@@ -139,9 +207,36 @@ def render_summary(manifest: dict[str, Any], manifest_path: Path | None = None) 
 )
 @click.option("--prune-threshold", type=float, help="Unstructured: zero every weight with |w| below this.")
 @click.option("--distill-minutes", type=float, help="Distil the pruned model from the original for up to N minutes.")
-@click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Export everything afresh.")
+@click.option(
+    "--onnx-reduce-range/--no-onnx-reduce-range",
+    "onnx_reduce_range",
+    default=None,
+    help="ONNX int8: 7-bit weights, computed exactly by x86 CPUs without VNNI too (default off: full 8-bit weights, "
+    "exact on phones and VNNI x86, saturating on other x86; README 'int8 on different CPUs').",
+)
+@click.option(
+    "--step-timeout", type=int, help="Seconds one export or verification may take before it is stopped (default 900)."
+)
+@click.option(
+    "--float-fallback",
+    type=click.Choice(["auto", "off"]),
+    default=None,
+    help="int8: keep the worst layers in float until the calibration outputs meet the tolerance (auto; default off).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "language-model", "segmentation", "other"]),
+    default=None,
+    help="What the first output decides (top-1 per sample/position/pixel); default: declared or inferred.",
+)
+@click.option(
+    "--no-cache", "no_cache", is_flag=True, default=False, help="Build and verify everything afresh (no cache)."
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as YAML and exit.")
-def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any) -> None:
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Let torch, ExecuTorch, ONNX Runtime and coremltools log and show progress."
+)
+def package(recipe_file: str | None, dry_run: bool, no_cache: bool, verbose: bool, **flags: Any) -> None:
     """Package a PyTorch model into verified ExecuTorch/ONNX/CoreML artifacts plus a manifest.
 
     Exit codes: 0 all artifacts passed (CoreML off macOS counts as skipped), 1 a verification
@@ -171,25 +266,41 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, **flags: Any
     if dry_run:
         click.echo(recipe.to_yaml(), nl=False)
         return
-    _quiet_third_party()
+    if not verbose:
+        quiet_third_party()
     from packager.pipeline import package as run_package
 
-    result = run_package(recipe, progress=RichProgress())
+    result = run_package(recipe, progress=RichProgress(), quiet_native=not verbose)
     render_summary(result.manifest, result.manifest_path)
     if result.previous is not None:
         _console().print(f"previous contents of {result.out} kept in {result.previous}")
     result.check()
 
 
-def _quiet_third_party() -> None:
-    """Library chatter (torch FutureWarnings, coremltools' untested-torch warning) buries mpk's own lines."""
+#: Python loggers of the libraries mpk drives; their failures reach the user as mpk's own one-line errors
+THIRD_PARTY_LOGGERS = ("torch", "torchao", "executorch", "coremltools", "onnxruntime", "onnxscript", "onnx_ir", "onnx")
+
+
+def quiet_third_party() -> None:
+    """Keep library chatter off the terminal: it buries mpk's own lines, and a failure already comes back
+    as one mpk error line (a corrupt .pt2 made torch log a 15-line traceback first).
+
+    Must run before torch is imported: torch resets its loggers from ``TORCH_LOGS`` at import, so that is
+    where it is told ("-all": errors only). A user's own ``TORCH_LOGS``/``TQDM_DISABLE`` is left alone.
+    """
     import logging
+    import os
     import warnings
 
+    os.environ.setdefault("TORCH_LOGS", "-all")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' conversion progress bars
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|torchao|coremltools|onnxscript)\b.*")
-    for name in ("coremltools", "torch", "torchao", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"(torch|torchao|executorch|coremltools|onnxscript|onnxruntime)\b.*"
+    )
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _find_manifest(path: Path) -> Path | None:
@@ -204,16 +315,31 @@ def _find_manifest(path: Path) -> Path | None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_cmd(path: Path, as_json: bool) -> None:
-    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation)."""
+    """Show a package manifest (table of artifacts) or one artifact (IO spec, size, ops, delegation).
+
+    For a package, every artifact file is checked against the manifest's size and sha256 first: exit 1
+    when one is missing or changed (the table says which), 2 when the manifest itself is unreadable.
+    """
     manifest_path = _find_manifest(path)
     if manifest_path is not None:
-        from packager.manifest import read_manifest
+        from mpk.contract import read_manifest
+        from mpk.errors import CheckFailed
+        from packager.manifest import file_problems
 
         manifest = read_manifest(manifest_path)
+        problems = file_problems(manifest, manifest_path.parent)
         if as_json:
-            click.echo(json.dumps(manifest, indent=2))
+            check = {"ok": not problems, "problems": problems}
+            click.echo(json.dumps({**manifest, "file_check": check}, indent=2))
         else:
-            render_summary(manifest, manifest_path)
+            render_summary(manifest, manifest_path, file_problems=problems)
+        if problems:
+            n = sum(len(v) for v in problems.values())
+            first = next(iter(problems.values()))[0]
+            raise CheckFailed(
+                f"{n} file(s) of {manifest_path.parent} do not match the manifest ({first}"
+                f"{', ...' if n > 1 else ''}); the package was changed after mpk package wrote it"
+            )
         return
     from packager.inspect_artifact import inspect_artifact
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mpk.errors import UsageError
-from packager.export.base import sha256_file
+from mpk.files import sha256_file
 from packager.runtime import backend_for_path
 
 #: c10::ScalarType codes as the ExecuTorch MethodMeta reports them

@@ -1,16 +1,14 @@
-"""The package manifest (``mpk.manifest/1``): build, validate against its JSON Schema, write, read.
+"""Building the package manifest (``mpk.manifest/1``): hashes, sizes, the environment and reference.npz.
 
 The manifest is the one contract between packaging and benchmarking: backend,
-scheme and IO live here, never in file names. It is validated before it is
-written, so a manifest on disk is always schema-valid.
+scheme and IO live there, never in file names. Its reader and writer are
+:func:`mpk.contract.read_manifest` / :func:`mpk.contract.write_manifest` (schema-checked
+both ways); this module computes what goes into it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import functools
-import hashlib
-import json
 import platform
 import subprocess
 import sys
@@ -19,53 +17,47 @@ from typing import Any
 
 import numpy as np
 
-from mpk.errors import SchemaError, UsageError
+# The manifest's one reader and writer live in the contract layer (mpk.contract), shared with the bench
+# and the gate; the packager writes through it like everyone else.
+from mpk.contract import MANIFEST_VERSION as SCHEMA_VERSION
+from mpk.contract import write_manifest
+from mpk.files import sha256_path
 
-SCHEMA_VERSION = "mpk.manifest/1"
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
-
-
-@functools.cache
-def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
-
-
-def validation_problems(manifest: dict[str, Any]) -> list[str]:
-    """Every schema violation as ``path.to.field: message``; empty when valid."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema())
-    out = []
-    for err in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path))):
-        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err.absolute_path).replace(".[", "[")
-        out.append(f"{where or '(top)'}: {err.message}")
-    return out
-
-
-def validate(manifest: dict[str, Any]) -> None:
-    problems = validation_problems(manifest)
-    if problems:
-        raise SchemaError("manifest fails its schema: " + "; ".join(problems[:10]))
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory (sorted relative paths + contents, e.g. an .mlpackage)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-        return h.hexdigest()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["SCHEMA_VERSION", "compressed_size", "environment", "file_problems", "sha256_path", "size_path",
+           "utc_now", "write_manifest", "write_reference"]  # fmt: skip
 
 
 def size_path(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def file_problems(manifest: dict[str, Any], manifest_dir: Path) -> dict[str, list[str]]:
+    """artifact id -> what no longer matches the manifest: a missing file, another size, another sha256.
+
+    Every artifact and every extra file it lists is checked (size first, then the hash); ``reference``
+    is listed under ``"reference"``. Empty when every file is what the manifest says.
+    """
+    entries: list[tuple[str, dict[str, Any]]] = []
+    for a in manifest["artifacts"]:
+        entries.append((a["id"], a))
+        entries.extend((a["id"], e) for e in a.get("extra_files") or [] if isinstance(e, dict))
+        entries.extend((a["id"], e) for e in (a.get("profiling") or {}).values())
+    if manifest.get("reference"):
+        entries.append(("reference", manifest["reference"]))
+    out: dict[str, list[str]] = {}
+    for key, e in entries:
+        path = manifest_dir / e["path"]
+        if not path.exists():
+            out.setdefault(key, []).append(f"{e['path']} is missing")
+            continue
+        size = size_path(path)
+        if "size_bytes" in e and size != e["size_bytes"]:
+            out.setdefault(key, []).append(f"{e['path']} is {size} bytes, the manifest says {e['size_bytes']}")
+        elif sha256_path(path) != e["sha256"]:
+            out.setdefault(key, []).append(f"{e['path']} does not match its sha256 in the manifest (changed since)")
+    return out
 
 
 def compressed_size(path: Path) -> int:
@@ -92,6 +84,7 @@ def git_revision(cwd: Path | None = None) -> str | None:
 
 
 def environment() -> dict[str, Any]:
+    from mpk.hostcpu import describe
     from packager.cache import library_versions
 
     return {
@@ -99,6 +92,7 @@ def environment() -> dict[str, Any]:
         "platform": f"{sys.platform}-{platform.machine()}",
         "libraries": library_versions(),
         "git_revision": git_revision(),
+        "cpu": describe(),
     }
 
 
@@ -127,22 +121,3 @@ def write_reference(
     with path.open("wb") as f:
         np.savez(f, **arrays)
     return n
-
-
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    validate(manifest)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Load and validate; a bad file is a UsageError naming what is wrong."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"manifest not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read manifest {path}: {e}") from None
-    problems = validation_problems(data) if isinstance(data, dict) else ["not a JSON object"]
-    if problems:
-        raise UsageError(f"{path} is not a valid mpk manifest: " + "; ".join(problems[:5]))
-    return data

@@ -17,14 +17,19 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mpk.errors import ConfigError, UnknownNameError, UsageError
 from mpk.registry import suggest
+from mpk.yamlio import load_yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from packager.compress.recipe_io import CompressionConfig
 
 DEFAULT_BACKENDS = ("executorch", "onnx")
+_TASKS = ("classification", "language-model", "segmentation", "other")
 DEFAULT_SCHEMES = ("none", "int8")
 
 
@@ -52,15 +57,29 @@ class Recipe:
     threads: int | None = None
     #: samples stored in reference.npz for on-device checks
     reference_samples: int = 16
-    #: pruning / distillation / QAT / mixed precision applied before export (packager/compress/recipe_io.py)
-    compression: dict[str, Any] | None = None
+    #: pruning / distillation / QAT / mixed precision applied before export, parsed once here from the YAML
+    #: mapping (packager/compress/recipe_io.py); None when there is nothing to apply
+    compression: CompressionConfig | None = None
     #: static int8 (executorch, onnx): correct Conv biases for int8's mean shift (packager/export/*bias_correction.py)
     bias_correction: bool = True
+    #: ONNX int8: 7-bit weights (ONNX Runtime's ``reduce_range``), which x86 CPUs without VNNI compute exactly;
+    #: full 8-bit weights are right for phones and VNNI x86 and lose accuracy there (mpk/hostcpu.py)
+    onnx_reduce_range: bool = False
+    #: int8 (executorch, onnx): "auto" keeps the worst layers in float until the calibration outputs meet the
+    #: tolerance (packager/export/layer_errors.py); "off" quantizes what the backend's policy quantizes
+    float_fallback: str = "off"
+    #: seconds one export or verification may take before it is stopped and reported (0: no limit)
+    step_timeout: int = 900
+    #: what the first output decides (top-1 agreement per sample, per position, per pixel; mpk/metrics.py), or
+    #: "other"; None: the model's own ``mpk_task`` attribute, else inferred from its outputs
+    task: str | None = None
 
     def __post_init__(self) -> None:
-        problems = _validate(self)
+        compression, problems = _parse_compression(self.compression)
+        problems += _validate(self)
         if problems:
             raise ConfigError("recipe", problems)
+        object.__setattr__(self, "compression", compression)
         from packager.export.capabilities import ALIASES
 
         # tolerances are looked up by canonical scheme; "none:" in YAML means fp32
@@ -98,12 +117,7 @@ class Recipe:
         if recipe_file is not None:
             path = Path(recipe_file)
             source = str(path)
-            try:
-                raw = yaml.safe_load(path.read_text()) or {}
-            except FileNotFoundError:
-                raise UsageError(f"recipe file not found: {path}") from None
-            except yaml.YAMLError as e:
-                raise ConfigError(source, [f"not valid YAML: {e}"]) from None
+            raw = load_yaml(path, what="recipe file") or {}  # exit 2 on unreadable, non-UTF-8, bad or duplicate keys
             if not isinstance(raw, dict):
                 raise ConfigError(source, ["expected a mapping at the top level"])
         merged = dict(raw)
@@ -118,9 +132,12 @@ class Recipe:
     # -- views -----------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for k in ("backends", "schemes", "input_shapes"):
             d[k] = list(d[k])
+        d["tolerances"] = {k: dict(v) for k, v in self.tolerances.items()}
+        d["preprocess"] = dict(self.preprocess) if self.preprocess is not None else None
+        d["compression"] = self.compression.to_dict() if self.compression is not None else None
         return d
 
     def to_yaml(self) -> str:
@@ -154,6 +171,23 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def _parse_compression(raw: Any) -> tuple[CompressionConfig | None, list[str]]:
+    """The ``compression:`` section as a typed config (the one parse of it), or None when it asks for nothing."""
+    if raw is None:
+        return None, []
+    from packager.compress.recipe_io import CompressionConfig, parse_compression
+
+    if isinstance(raw, CompressionConfig):
+        return (None if raw.empty else raw), []
+    try:
+        cfg = parse_compression(raw, "recipe")
+    except ConfigError as e:
+        return None, list(e.problems)
+    except UsageError as e:
+        return None, [f"compression: {e.message}"]
+    return (None if cfg.empty else cfg), []
+
+
 def _validate(r: Recipe) -> list[str]:
     from packager.export.capabilities import ALIASES, BACKENDS, check_combination
     from packager.verify import DEFAULT_TOLERANCES, TOLERANCE_KEYS
@@ -168,13 +202,20 @@ def _validate(r: Recipe) -> list[str]:
     for name in ("calibration", "evaluation", "out"):
         if not isinstance(getattr(r, name), str):
             problems.append(f"{name}: expected a string, got {getattr(r, name)!r}")
-    for name, lo in (("calibration_count", 1), ("eval_count", 1), ("reference_samples", 1), ("seed", 0)):
+    for name, lo in (("calibration_count", 1), ("eval_count", 1), ("reference_samples", 1), ("seed", 0),
+                     ("step_timeout", 0)):  # fmt: skip
         v = getattr(r, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             problems.append(f"{name}: expected an integer >= {lo}, got {v!r}")
     if r.threads is not None and (not isinstance(r.threads, int) or r.threads < 1):
         problems.append(f"threads: expected a positive integer, got {r.threads!r}")
-    for name in ("cache", "force", "bias_correction"):
+    if r.float_fallback not in ("auto", "off"):
+        problems.append(f"float_fallback: expected 'auto' or 'off', got {r.float_fallback!r}")
+    if r.task is not None and r.task not in _TASKS:
+        problems.append(
+            f"task: expected one of {', '.join(_TASKS)}, got {r.task!r}" + _nearest(str(r.task), list(_TASKS))
+        )
+    for name in ("cache", "force", "bias_correction", "onnx_reduce_range"):
         if not isinstance(getattr(r, name), bool):
             problems.append(f"{name}: expected true or false, got {getattr(r, name)!r}")
     if r.preprocess is not None:
@@ -202,15 +243,6 @@ def _validate(r: Recipe) -> list[str]:
                     )
                 elif not isinstance(v, (int, float)) or isinstance(v, bool):
                     problems.append(f"tolerances.{scheme}.{k}: expected a number, got {v!r}")
-    if r.compression is not None:
-        from packager.compress.recipe_io import parse_compression
-
-        try:
-            parse_compression(r.compression, "recipe")
-        except ConfigError as e:
-            problems.extend(e.problems)
-        except UsageError as e:
-            problems.append(f"compression: {e.message}")
     if problems or not r.backends or not r.schemes:
         if not r.backends:
             problems.append("backends: at least one backend")

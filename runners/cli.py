@@ -11,15 +11,13 @@ from typing import Any
 
 import click
 
-from mpk.errors import InfraError, UsageError
-
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
 def cell_row(cell: dict[str, Any]) -> list[str]:
-    """One table row: device, ran_on, emulated, artifact, p50/p90/p99, load, peak and rise MB, accuracy, status.
+    """One table row: device, ran_on, emulated, artifact, p50/p90/p99, load, peak and rise MB, accuracy, outcome.
 
     Both memory figures: peak RSS is the documented definition, but in the host runner it includes the Python
     runtime (ExecuTorch's pybindings import torch), so the rise over the pre-load baseline is what compares
@@ -31,10 +29,14 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
         acc_s = (f"top1 {top1:.3f} " if top1 is not None else "") + f"cos {acc.get('cosine', 0):.4f}"
     else:
         acc_s = "-"
-    status = cell["status"] if not cell.get("error") else f"{cell['status']}: {cell['error'][:80]}"
+    word = cell["outcome"].replace("_", " ")
+    status = word if not cell.get("error") else f"{word}: {cell['error'][:80]}"
+    ran_on = cell.get("ran_on") or "-"
+    if cell.get("where"):  # mpk bench --ray: the host whose agent ran it
+        ran_on += f" @ {cell['where']['host']}"
     return [
         cell["device_id"],
-        cell.get("ran_on") or "-",
+        ran_on,
         "yes" if cell["emulated"] else "no",
         cell["artifact_id"],
         _fmt(st.get("p50_ms")),
@@ -50,7 +52,7 @@ def cell_row(cell: dict[str, Any]) -> list[str]:
 
 HEADERS = ["device", "ran_on", "emulated", "artifact", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak MB", "rise MB",
            "accuracy",
-           "status"]  # fmt: skip
+           "outcome"]  # fmt: skip
 
 
 def render_cells(cells: list[dict[str, Any]]) -> None:
@@ -100,50 +102,105 @@ def render_cells(cells: list[dict[str, Any]]) -> None:
     is_flag=True,
     help="Re-measure cells whose latency budget check is inconclusive (needs budgets in devices.yaml).",
 )
-def bench(manifest: Path, devices_file: Path, out_dir: Path, fallback: str | None, only_devices: tuple[str, ...],
-          only_artifacts: tuple[str, ...], iterations: int | None, min_seconds: float | None, warmup: int | None,
-          threads: int | None, cooldown: float | None, dry_run: bool, until_conclusive: bool) -> None:  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace an --out that holds files mpk did not write (kept as OUT.prev).")
+@click.option("--ray", "ray_address", metavar="HOST:PORT",
+              help="Run each device's cells on the `mpk agent` of its host (devices.yaml host:) in this Ray "
+                   "cluster. Loopback unless --ray-allow-remote.")  # fmt: skip
+@click.option(
+    "--ray-allow-remote",
+    is_flag=True,
+    help="Allow a --ray address that is not loopback (trusted networks only: Ray's port runs any code).",
+)
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="After each timed loop, a separate profiled pass: per-op times mapped to PyTorch modules in results.json, "
+    "Chrome traces in OUT/profiles/ (devices.yaml: profile: true per device).",
+)
+@click.pass_context
+def bench(ctx: click.Context, manifest: Path, devices_file: Path, out_dir: Path, fallback: str | None,
+          only_devices: tuple[str, ...], only_artifacts: tuple[str, ...], iterations: int | None,
+          min_seconds: float | None, warmup: int | None, threads: int | None, cooldown: float | None, dry_run: bool,
+          until_conclusive: bool, force: bool, ray_address: str | None, ray_allow_remote: bool,
+          profile: bool) -> None:  # fmt: skip
     """Benchmark MANIFEST's artifacts on the devices in devices.yaml; write OUT/results.json.
 
-    Exit 0 when every cell ran (skipped absent devices included), 4 when any cell failed
-    (the failure is in results.json), 2 for a bad flag, manifest or devices.yaml.
+    OUT is replaced only when the run ends (the previous one is kept as OUT.prev); Ctrl-C leaves it as it
+    was and keeps the finished cells in OUT.partial. Exit 0 when every cell ran (skipped absent devices
+    included), 4 when any cell failed (the failure is in results.json) or OUT is not writable, 2 for a bad
+    flag, manifest or devices.yaml, 130 when interrupted.
     """
-    # fmt: off
-    from runners.devices import load_devices
-    from runners.matrix import describe_plan, dump, run_matrix
-    # fmt: on
+    from runners.bench import BenchConfig, plan_bench, run_bench
 
-    config = load_devices(devices_file)
-    if until_conclusive and not config.budgets:
-        raise UsageError("--until-conclusive needs a budgets: list in devices.yaml")
-    overrides = {"min_iterations": iterations, "min_seconds": min_seconds, "warmup_iterations": warmup,
-                 "threads": threads, "cooldown_s": cooldown}  # fmt: skip
-    kw = {"fallback": fallback, "only_devices": list(only_devices) or None,
-          "only_artifacts": list(only_artifacts) or None, "overrides": overrides}  # fmt: skip
+    config = BenchConfig(manifest=manifest, out=out_dir, devices_file=devices_file, fallback=fallback,  # type: ignore[arg-type]
+                         only_devices=only_devices, only_artifacts=only_artifacts, iterations=iterations,
+                         min_seconds=min_seconds, warmup=warmup, threads=threads, cooldown=cooldown,
+                         until_conclusive=until_conclusive, force=force, ray=ray_address,
+                         ray_allow_remote=ray_allow_remote, profile=profile)  # fmt: skip
     if dry_run:
-        click.echo(dump(describe_plan(manifest, config, **kw)))
+        from runners.matrix import dump
+
+        click.echo(dump(plan_bench(config)))
         return
-    results = run_matrix(manifest, config, out_dir, progress=_progress(), devices_file=str(devices_file), **kw)
-    if until_conclusive:
-        results = _until_conclusive(results, manifest, config, out_dir)
-    render_cells(results["cells"])
-    click.echo(f"results: {Path(out_dir) / 'results.json'}")
-    failed = [c for c in results["cells"] if c["status"] == "error"]
-    if failed:
-        raise InfraError(f"{len(failed)} of {len(results['cells'])} cell(s) failed; see the status column")
+    progress, live = _progress(), None
+    if ray_address is not None:  # one live table of the cells by host and device
+        from mpk.raycluster import check_reachable, parse_address
+        from runners.ray_cli import LiveTable
 
-
-def _until_conclusive(results: dict, manifest: Path, config: Any, out_dir: Path) -> dict:
+        check_reachable(parse_address(ray_address, allow_remote=ray_allow_remote))  # exit 2 / 4 before anything
+        progress = live = LiveTable(plan_bench(config))
     try:
-        from runners.gate.conclusive import remeasure_inconclusive
-    except ImportError as e:
-        raise UsageError(f"--until-conclusive is not available in this install: {e}") from e
-    from runners.results import write_results
+        outcome = run_bench(config, progress=progress, log=lambda m: click.echo(m, err=True))
+    finally:
+        if live is not None:
+            live.stop()
+    render_cells(outcome.results["cells"])
+    profiled = [c for c in outcome.results["cells"] if (c.get("result") or {}).get("profile")]
+    if profiled:
+        render_profiles(profiled)
+        click.echo(f"Chrome traces (open in https://ui.perfetto.dev): {Path(out_dir) / 'profiles'}")
+    click.echo(f"results: {outcome.results_path}")
+    if outcome.previous is not None:
+        click.echo(f"previous contents of {out_dir} kept in {outcome.previous}")
+    if outcome.exit_code:
+        click.echo(click.style("error: ", fg="red", bold=True) + outcome.summary, err=True)
+    ctx.exit(outcome.exit_code)
 
-    results = remeasure_inconclusive(results, config.budgets, manifest=manifest, devices_config=config,
-                                     log=lambda m: click.echo(m, err=True))  # fmt: skip
-    write_results(Path(out_dir) / "results.json", results)
-    return results
+
+def profile_row(cell: dict[str, Any]) -> list[str]:
+    """device, artifact, status, per-op total vs the unprofiled p50, profiling overhead, attributed share, the
+    slowest unit and the slowest op."""
+    from mpk.profiling import rollup, top_ops
+
+    p = cell["result"]["profile"]
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{v:+.0%}"
+
+    units = [r for r in rollup(p, by="unit") if r["module"] is not None]
+    ops = top_ops(p, 1)
+    op = f"{ops[0]['name']} ({ops[0].get('module') or '?'}) {ops[0]['total_ms'] / max(p.get('runs') or 1, 1):.2f}" \
+        if ops else "-"  # fmt: skip
+    status = p["status"] if p["ops"] else f"{p['status']}: {(p.get('limits') or ['-'])[0][:70]}"
+    return [cell["device_id"], cell["artifact_id"], status, _fmt(p.get("per_run_ms")), _fmt(p.get("unprofiled_p50_ms")),
+            pct(p.get("vs_p50")), pct(p.get("overhead")),
+            "-" if p.get("attributed_share") is None else f"{p['attributed_share']:.1%}",
+            f"{units[0]['module']} {units[0]['ms']:.2f}" if units else "-", op]  # fmt: skip
+
+
+PROFILE_HEADERS = ["device", "artifact", "profile", "ops ms/run", "p50 ms", "vs p50", "overhead", "attributed",
+                   "slowest unit (ms)", "slowest op (module) ms"]  # fmt: skip
+
+
+def render_profiles(cells: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*PROFILE_HEADERS, title="profiles (a separate pass after the timed loop; latencies above are "
+                  "the unprofiled loop's)")  # fmt: skip
+    for c in cells:
+        table.add_row(*profile_row(c))
+    Console(width=200).print(table)
 
 
 def _progress():
@@ -178,7 +235,7 @@ def devices(devices_file: Path, no_probe: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from runners.devices import load_devices
+    from runners.config import load_devices
     from runners.drivers import get_driver
 
     config = load_devices(devices_file)

@@ -62,10 +62,23 @@ def temperatures_c(root: Path = _THERMAL) -> dict[str, float]:
     return temps
 
 
+def int8_facts() -> dict[str, Any]:
+    """The CPU features int8 kernels depend on and ONNX Runtime's int8 kernel on them (:mod:`mpk.hostcpu`).
+
+    They travel with every host-CPU number: the same ONNX int8 artifact computes other values on an x86 CPU
+    without VNNI (saturating kernel) than on a phone, so its accuracy here is this CPU's, not the artifact's.
+    """
+    from mpk.hostcpu import int8_kernel, this_cpu
+
+    cpu = this_cpu()
+    kernel = int8_kernel(cpu)
+    return {"cpu_features": list(cpu.features), "int8_kernel": {"name": kernel.name, "saturates": kernel.saturates}}
+
+
 def host_facts() -> dict[str, Any]:
     """The ``device`` object for a run on this host (``temperatures_c_*`` filled in by the runner)."""
     model = cpu_model()
-    return {
+    return int8_facts() | {
         "model": model,
         "manufacturer": None,
         "soc": None,

@@ -1,8 +1,10 @@
-"""devices.yaml: which devices to benchmark on, how to reach them, and the run settings.
+"""The devices and run settings of devices.yaml, as frozen dataclasses: the leaf every runner module may use.
 
-Loaded once into frozen dataclasses; code below this module never sees a raw
-YAML string. Every problem is collected and reported together with its path,
-so a misspelt key can never silently switch a setting off::
+This module imports nothing of ``runners``: the drivers, the matrix and the gate all
+depend on it, and it on none of them. :mod:`runners.config` reads the whole file
+(devices, defaults and budgets) and hands in the runner and transport names a device
+may use. Every problem is collected and reported together with its path, so a
+misspelt key can never silently switch a setting off::
 
     devices.yaml: devices[2].threads: expected an integer >= 1, got 'four'
     devices.yaml: defaults.min_itertions: unknown key; did you mean 'min_iterations'?
@@ -15,16 +17,16 @@ Example (the repo root ships a complete one)::
       - {id: host, kind: host}
       - {id: pixel-7, kind: android, serial: 28121FDH2000AB, transport: adb_server}
       - {id: virtual-android, kind: emulator}
+      - {id: pixel-8, kind: android, serial: 37241FDJH00C5X, host: lab-2}   # attached to lab-2 (mpk bench --ray)
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from mpk.errors import ConfigError, UsageError
 from mpk.registry import suggest
 
 KINDS = ("android", "ios", "host", "emulator")
@@ -32,7 +34,6 @@ KINDS = ("android", "ios", "host", "emulator")
 DEFAULT_RUNNER = {"host": "host", "android": "android_app", "emulator": "android_app", "ios": "ios_app"}
 #: the transport a kind gets when devices.yaml names none; adb_shell speaks to mpk's virtual adbd directly
 DEFAULT_TRANSPORT = {"host": "local", "android": "adb_server", "emulator": "adb_shell", "ios": None}
-_FALLBACK_TRANSPORTS = ("adb_shell", "adb_server", "local")
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ class RunSettings:
     thermal_limit_c: float | None = 45.0
     threads: int = 1
     cpu_affinity: tuple[int, ...] | None = None
+    #: after the timed loop, a separate profiled pass per artifact (``mpk bench --profile``, or ``profile: true``)
+    profile: bool = False
 
     def to_spec(self) -> dict[str, Any]:
         """The ``settings`` object of a runner spec (the subset runners understand)."""
-        return {
+        spec: dict[str, Any] = {
             "threads": self.threads,
             "cpu_affinity": list(self.cpu_affinity) if self.cpu_affinity is not None else None,
             "warmup_iterations": self.warmup_iterations,
@@ -59,6 +62,9 @@ class RunSettings:
             "min_seconds": self.min_seconds,
             "max_seconds": self.max_seconds,
         }
+        if self.profile:
+            spec["profile"] = True
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.to_spec(), "cooldown_s": self.cooldown_s, "thermal_limit_c": self.thermal_limit_c}
@@ -79,6 +85,10 @@ class DeviceSpec:
     threads: int | None = None
     cpu_affinity: tuple[int, ...] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    #: the machine the device hangs off, as its ``mpk agent --host`` names it; only ``mpk bench --ray`` reads it
+    host: str | None = None
+    #: profile every artifact on this device (``profile: true``); ``mpk bench --profile`` turns it on everywhere
+    profile: bool = False
 
     @property
     def is_virtual(self) -> bool:
@@ -91,35 +101,25 @@ class DeviceSpec:
         return self.kind in ("host", "emulator")
 
     def settings(self, defaults: RunSettings) -> RunSettings:
-        return defaults.override(threads=self.threads, cpu_affinity=self.cpu_affinity)
+        return defaults.override(threads=self.threads, cpu_affinity=self.cpu_affinity, profile=self.profile or None)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "kind", "runner", "transport", "serial", "address", "threads")}
         d["cpu_affinity"] = list(self.cpu_affinity) if self.cpu_affinity is not None else None
         d["facts"] = dict(self.facts)
+        if self.host is not None:  # only when set: a file without hosts describes its devices as before
+            d["host"] = self.host
+        if self.profile:
+            d["profile"] = True
         return d
-
-
-@dataclass(frozen=True)
-class DevicesConfig:
-    version: int
-    defaults: RunSettings
-    devices: list[DeviceSpec]
-    #: BudgetRule objects when runners.gate.budgets is installed, else the raw list
-    budgets: list[Any]
-    source: str = "devices.yaml"
-
-    def get(self, device_id: str) -> DeviceSpec:
-        for d in self.devices:
-            if d.id == device_id:
-                return d
-        raise UsageError(suggest(device_id, [d.id for d in self.devices], "device"))
 
 
 # ---------------------------------------------------------------- validation helpers
 
 
-class _Problems(list):
+class Problems(list):
+    """Every problem found in a config, each prefixed with its path; reported together at the end."""
+
     def unknown_keys(self, raw: dict, allowed: tuple[str, ...], where: str) -> None:
         for k in raw:
             if k not in allowed:
@@ -132,7 +132,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _int(p: _Problems, raw: dict, key: str, where: str, *, minimum: int) -> int | None:
+def _int(p: Problems, raw: dict, key: str, where: str, *, minimum: int) -> int | None:
     if key not in raw or raw[key] is None:
         return None
     v = raw[key]
@@ -142,7 +142,7 @@ def _int(p: _Problems, raw: dict, key: str, where: str, *, minimum: int) -> int 
     return v
 
 
-def _num(p: _Problems, raw: dict, key: str, where: str, *, minimum: float = 0.0) -> float | None:
+def _num(p: Problems, raw: dict, key: str, where: str, *, minimum: float = 0.0) -> float | None:
     if key not in raw or raw[key] is None:
         return None
     v = raw[key]
@@ -152,7 +152,7 @@ def _num(p: _Problems, raw: dict, key: str, where: str, *, minimum: float = 0.0)
     return float(v)
 
 
-def _str(p: _Problems, raw: dict, key: str, where: str) -> str | None:
+def _str(p: Problems, raw: dict, key: str, where: str) -> str | None:
     if key not in raw or raw[key] is None:
         return None
     v = raw[key]
@@ -162,7 +162,7 @@ def _str(p: _Problems, raw: dict, key: str, where: str) -> str | None:
     return v
 
 
-def _affinity(p: _Problems, raw: dict, where: str) -> tuple[int, ...] | None:
+def _affinity(p: Problems, raw: dict, where: str) -> tuple[int, ...] | None:
     v = raw.get("cpu_affinity")
     if v is None:
         return None
@@ -173,39 +173,26 @@ def _affinity(p: _Problems, raw: dict, where: str) -> tuple[int, ...] | None:
     return tuple(v)
 
 
-def _name(p: _Problems, value: str | None, known: list[str] | tuple[str, ...], what: str, where: str) -> str | None:
+def _name(p: Problems, value: str | None, known: list[str] | tuple[str, ...], what: str, where: str) -> str | None:
     if value is not None and value not in known:
         p.append(f"{where}: {suggest(value, known, what)}")
         return None
     return value
 
 
-def _transport_names() -> list[str]:
-    try:
-        from runners.transport import TRANSPORTS
-
-        return TRANSPORTS.names()
-    except (ImportError, AttributeError):  # transports not installed yet: accept the contract's names
-        return list(_FALLBACK_TRANSPORTS)
-
-
-def _runner_names() -> list[str]:
-    from runners.drivers import DRIVERS
-
-    return DRIVERS.names()
-
-
 # ---------------------------------------------------------------- parsing
 
 _DEFAULT_KEYS = ("warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "cooldown_s",
                  "thermal_limit_c", "threads", "cpu_affinity")  # fmt: skip
-_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts")
-_TOP_KEYS = ("version", "defaults", "devices", "budgets")
+_DEVICE_KEYS = ("id", "kind", "serial", "address", "transport", "runner", "threads", "cpu_affinity", "facts", "host",
+                "profile")  # fmt: skip
+#: a host name: letters, digits, '.', '_', '-', at most 63 characters (it becomes a Ray node label's value)
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 #: facts a device entry may pin (the runner result's device_facts, minus what is measured per run)
 _FACT_KEYS = ("model", "manufacturer", "soc", "abi", "os", "os_version", "cores", "governor", "cpu_max_freq_khz")
 
 
-def _parse_defaults(p: _Problems, raw: Any) -> RunSettings:
+def parse_defaults(p: Problems, raw: Any) -> RunSettings:
     if raw is None:
         return RunSettings()
     if not isinstance(raw, dict):
@@ -234,7 +221,7 @@ def _parse_defaults(p: _Problems, raw: Any) -> RunSettings:
     return s
 
 
-def _parse_device(p: _Problems, raw: Any, where: str, runners: list[str], transports: list[str]) -> DeviceSpec | None:
+def _parse_device(p: Problems, raw: Any, where: str, runners: list[str], transports: list[str]) -> DeviceSpec | None:
     if not isinstance(raw, dict):
         p.append(f"{where}: expected a mapping with at least 'id' and 'kind', got {raw!r}")
         return None
@@ -256,6 +243,12 @@ def _parse_device(p: _Problems, raw: Any, where: str, runners: list[str], transp
             p.append(f"{where}.address: expected 'host:port', got {address!r}")
     threads = _int(p, raw, "threads", where, minimum=1)
     affinity = _affinity(p, raw, where)
+    host = _str(p, raw, "host", where)
+    if host is not None and not HOST_NAME.fullmatch(host):
+        p.append(f"{where}.host: expected a host name (letters, digits, '.', '_', '-'; at most 63), got {host!r}")
+    profile = raw.get("profile", False)
+    if not isinstance(profile, bool):
+        p.append(f"{where}.profile: expected true or false, got {profile!r}")
     facts = raw.get("facts") or {}
     if not isinstance(facts, dict):
         p.append(f"{where}.facts: expected a mapping, got {facts!r}")
@@ -275,42 +268,20 @@ def _parse_device(p: _Problems, raw: Any, where: str, runners: list[str], transp
         threads=threads,
         cpu_affinity=affinity,
         facts=dict(facts),
+        host=host,
+        profile=profile is True,
     )
 
 
-def _parse_budgets(p: _Problems, raw: Any) -> list[Any]:
-    if raw is None:
+def parse_device_list(p: Problems, raw: Any, runners: list[str], transports: list[str]) -> list[DeviceSpec]:
+    """The ``devices:`` list. ``runners`` and ``transports`` are the names a device may use (the caller's
+    registries: this module imports none, so everything may import it)."""
+    if not isinstance(raw, list) or not raw:
+        p.append(f"devices: expected a non-empty list, got {raw!r}")
         return []
-    if not isinstance(raw, list):
-        p.append(f"budgets: expected a list, got {type(raw).__name__}")
-        return []
-    try:
-        from runners.gate.budgets import parse_budgets
-    except ImportError:  # the gate is not installed: keep the raw list, the gate validates it when it runs
-        return list(raw)
-    rules, problems = parse_budgets(raw, "budgets")
-    p.extend(problems)
-    return list(rules)
-
-
-def parse_devices(raw: Any, source: str = "devices.yaml") -> DevicesConfig:
-    """Validate an already-loaded YAML document. Raises one ConfigError listing every problem."""
-    p = _Problems()
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [f"expected a mapping with 'version' and 'devices', got {type(raw).__name__}"])
-    p.unknown_keys(raw, _TOP_KEYS, "")
-    version = raw.get("version")
-    if version != 1:
-        p.append(f"version: expected 1, got {version!r}")
-    defaults = _parse_defaults(p, raw.get("defaults"))
     devices: list[DeviceSpec] = []
-    raw_devices = raw.get("devices")
-    if not isinstance(raw_devices, list) or not raw_devices:
-        p.append(f"devices: expected a non-empty list, got {raw_devices!r}")
-        raw_devices = []
-    runners, transports = _runner_names(), _transport_names()
     seen: dict[str, int] = {}
-    for i, rd in enumerate(raw_devices):
+    for i, rd in enumerate(raw):
         d = _parse_device(p, rd, f"devices[{i}]", runners, transports)
         if d is None:
             continue
@@ -319,25 +290,4 @@ def parse_devices(raw: Any, source: str = "devices.yaml") -> DevicesConfig:
             continue
         seen[d.id] = i
         devices.append(d)
-    budgets = _parse_budgets(p, raw.get("budgets"))
-    if p:
-        raise ConfigError(source, list(p))
-    return DevicesConfig(version=1, defaults=defaults, devices=devices, budgets=budgets, source=source)
-
-
-def load_devices(path: Path | str) -> DevicesConfig:
-    """Read and validate devices.yaml. Raises ConfigError (exit 2) for any problem."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"devices file not found: {path}", hint="copy devices.yaml from the mpk repo root") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(path.name, [f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
-    return parse_devices(raw, path.name)
+    return devices

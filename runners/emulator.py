@@ -147,19 +147,72 @@ def running() -> list[Record]:
     return out
 
 
-def start_virtual_device(
-    *, port: int = 0, root: Path | None = None, profile: Path | None = None, timeout: float = 20.0
-) -> Record:
-    """Run ``python -m runners.vdevice serve`` detached, with mpk's own key authorized; return its record."""
-    from runners.transport.adbkey import ensure_key
+def user_adb_key() -> Path | None:
+    """The adb client's own public key, as adb finds it: ``$ANDROID_USER_HOME``, ``$ANDROID_SDK_HOME/.android``,
+    else ``~/.android`` (``adbkey.pub``). The SDK emulator trusts this key; so does mpk's virtual device."""
+    if os.environ.get("ANDROID_USER_HOME"):
+        base = Path(os.environ["ANDROID_USER_HOME"])
+    elif os.environ.get("ANDROID_SDK_HOME"):
+        base = Path(os.environ["ANDROID_SDK_HOME"]) / ".android"
+    else:
+        base = Path.home() / ".android"
+    pub = base / "adbkey.pub"
+    return pub if pub.is_file() else None
 
-    key = ensure_key()
+
+def keys_to_authorize(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
+    """mpk's key, the user's adb key when present, and every ``--authorize FILE``; each checked now, so a
+    bad file is one clear UsageError (exit 2) before anything starts."""
+    from runners.transport.adbkey import decode_public_key, ensure_key
+
+    keys = [Path(str(ensure_key()) + ".pub")]
+    user = user_adb_key()
+    keys += [user] if user else []
+    for f in extra:
+        f = Path(f)
+        try:
+            text = f.read_text(errors="strict")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--authorize {f}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        try:
+            decode_public_key(text)
+        except ValueError as e:
+            raise UsageError(f"--authorize {f}: not an adb public key (adbkey.pub): {e}") from None
+        keys.append(f)
+    return list(dict.fromkeys(keys))
+
+
+def refuse_authorize_for_avd(authorize: list[Path] | tuple[Path, ...]) -> None:
+    """The SDK emulator trusts the adb key of the machine it runs on and takes no others from mpk."""
+    if authorize:
+        raise UsageError(
+            "--authorize applies to mpk's virtual device; the SDK emulator trusts this machine's "
+            "~/.android/adbkey.pub by itself"
+        )
+
+
+def start_virtual_device(
+    *,
+    port: int = 0,
+    root: Path | None = None,
+    profile: Path | None = None,
+    timeout: float = 20.0,
+    authorize: list[Path] | tuple[Path, ...] = (),
+) -> Record:
+    """Run ``python -m runners.vdevice serve`` detached; return its record.
+
+    Authorized: mpk's own key, the user's ``~/.android/adbkey.pub`` when it exists (as the SDK emulator
+    does, so ``adb connect`` just works), and each file in ``authorize``.
+    """
+    keys = keys_to_authorize(authorize)
     root = Path(root) if root else state_dir() / "vdevice" / (str(port) if port else f"auto-{os.getpid()}")
     root.mkdir(parents=True, exist_ok=True)
     ready = root / "ready.json"
     ready.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "runners.vdevice", "serve", "--port", str(port), "--root", str(root)]
-    cmd += ["--authorize", str(key) + ".pub", "--ready-file", str(ready)]
+    for pub in keys:
+        cmd += ["--authorize", str(pub)]
+    cmd += ["--ready-file", str(ready)]
     if profile:
         cmd += ["--profile", str(profile)]
     log = open(root / "vdevice.log", "ab")
@@ -237,11 +290,11 @@ def ensure_virtual_device(
                 return rec.serial, lambda: None
     import tempfile
 
-    from runners.transport.adbkey import ensure_key, public_key_line
     from runners.vdevice.server import VirtualDevice
 
     root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mpk-vdevice-"))
     vd = VirtualDevice(root, profile=profile, runner_cmd=runner_cmd)
-    vd.authorize(public_key_line(ensure_key()))
+    for pub in keys_to_authorize():
+        vd.authorize(pub.read_text())
     vd.start()
     return vd.serial, vd.stop

@@ -1,17 +1,21 @@
 """The host runner: ``python -m runners.host_runner --spec SPEC.json --out RESULT.json``.
 
 Reads a runner spec, measures every artifact on this machine and writes one
-runner result (runners/schemas/runner_result.schema.json). Each artifact runs
+runner result (mpk/contract/schemas/runner_result.schema.json). Each artifact runs
 in a FRESH child process, so its memory numbers belong to that artifact alone
 and a runtime that crashes takes down only its own measurement. The child:
 
 1. pins itself (``os.sched_setaffinity``) and sets the thread count,
-2. imports the runtime, reads baseline RSS, resets the RSS high-water mark,
+2. imports and loads the runtime, THEN reads the baseline RSS and resets the RSS high-water mark,
 3. loads the model (``load_ms``), runs once (``first_inference_ms``), warms up,
 4. times at least ``min_iterations`` AND at least ``min_seconds`` with
    ``time.perf_counter_ns``; ``max_seconds`` cuts a model too slow for ``min_iterations``
    short (``iterations`` then says how many ran),
-5. reads peak RSS (VmHWM), then computes accuracy against the reference tensors.
+5. reads the peak RSS (VmHWM) right after the timed loop, BEFORE the accuracy pass, which then
+   compares the outputs with the reference tensors (:mod:`mpk.metrics`).
+
+Steps 2 and 5 are mpk's one memory definition (runners/memory.py); the Android and iOS apps
+implement the same order.
 
 Exit 0 whenever a result was written, even if artifacts failed (each failure
 is in the result); non-zero only when no result could be written. mpk's
@@ -35,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from mpk import metrics
+
 CHILD_FLAG = "--child-index"
 _NP_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1", "uint8": "u1", "int32": "<i4", "int64": "<i8",
               "bool": "?"}  # fmt: skip
@@ -50,36 +56,25 @@ def utc_now() -> str:
 def accuracy_metrics(pred: list[list[np.ndarray]], ref: list[list[np.ndarray]], *, task: str | None = None) -> dict:
     """Agreement of ``pred`` with the fp32 reference over N samples (outer list), all outputs (inner).
 
-    ``top1_agreement`` is the fraction of samples whose argmax of the first
-    output matches the reference's; it is None unless the task is
-    classification (or the first output looks like (1, C) logits with C > 1).
+    The numbers are :func:`mpk.metrics.compare`'s (per-sample cosine, SNR, max error, top-1 of the
+    first output): the same definitions ``mpk package`` verified the artifact with.
+    ``top1_agreement`` is None unless the task is classification (or, with no task given, the first
+    output looks like (1, C) logits with C > 1).
 
     >>> r = [[np.array([[1.0, 2.0]])]]
     >>> accuracy_metrics(r, r)["cosine"]
     1.0
     """
-    p = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for s in pred for o in s])
-    r = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for s in ref for o in s])
-    if p.shape != r.shape:
-        raise ValueError(f"output sizes differ from the reference: {p.size} vs {r.size} values")
-    err = p - r
-    denom = float(np.linalg.norm(p) * np.linalg.norm(r))
-    cosine = float(np.dot(p, r) / denom) if denom > 0 else (1.0 if not err.any() else 0.0)
-    noise = float(np.sum(err**2))
-    snr = 200.0 if noise == 0 else float(10 * np.log10(max(float(np.sum(r**2)), 1e-30) / noise))
     first_ref = np.asarray(ref[0][0])
     looks_like_logits = first_ref.ndim == 2 and first_ref.shape[0] == 1 and first_ref.shape[1] > 1
-    top1 = None
-    if task == "classification" or (task is None and looks_like_logits):
-        agree = [int(np.argmax(ps[0])) == int(np.argmax(rs[0])) for ps, rs in zip(pred, ref, strict=True)]
-        top1 = float(np.mean(agree))
-    return {
-        "samples": len(ref),
-        "max_abs_error": float(np.max(np.abs(err))) if err.size else 0.0,
-        "cosine": min(1.0, cosine),
-        "snr_db": min(snr, 200.0),  # a perfect match is reported as 200 dB rather than infinity (JSON has none)
-        "top1_agreement": top1,
-    }
+    classifier = task == "classification" or (task is None and looks_like_logits)
+    if len(pred) != len(ref):
+        raise ValueError(f"{len(pred)} predictions for {len(ref)} reference samples")
+    declared = task if task in metrics.TASKS else None  # language-model / segmentation: per-position / per-pixel
+    stacked = metrics.stack(ref), metrics.stack(pred)
+    m = metrics.compare(*stacked, classifier=classifier, task=declared)
+    m.pop("top1_decisions")  # the result contract carries the count that was clear, as the apps write it
+    return {"samples": len(ref), **m}
 
 
 # ---------------------------------------------------------------- reference tensors
@@ -119,41 +114,13 @@ def synthetic_inputs(artifact: dict) -> tuple[np.ndarray, ...]:
 # ---------------------------------------------------------------- opening a session
 
 
-def _open_fallback(backend: str, path: Path, threads: int) -> Any:
-    """Open ``path`` directly when packager.runtime is not installed (same behaviour, fewer checks)."""
-    if backend == "onnx":
-        import onnxruntime as ort
+def _load_runtime(backend: str, threads: int) -> Any:
+    """Import and load the runtime, so the baseline RSS read next already holds it; return ``open(path)``.
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-
-        class _Onnx:
-            def run(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-                return list(sess.run(None, dict(zip(names, inputs, strict=True))))
-
-        return _Onnx()
-    if backend == "executorch":
-        import torch
-        from executorch.runtime import Runtime
-
-        method = Runtime.get().load_program(path).load_method("forward")
-
-        class _Pte:
-            def run(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-                outs = method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
-                return [o.detach().numpy() if hasattr(o, "detach") else np.asarray(o) for o in outs]
-
-        return _Pte()
-    from mpk.errors import RuntimeMissing
-
-    raise RuntimeMissing(f"{backend} artifacts need macOS (CoreML); this host is {sys.platform}")
-
-
-def _import_runtime(backend: str, threads: int) -> Any:
-    """Import the runtime (before the baseline RSS is read) and return ``open(path) -> session``."""
+    Everything the runtime needs before a model exists (the Python modules, ExecuTorch's native
+    runtime, mpk's session class) is in memory before the baseline: ``rise_mb`` is then what the
+    model itself costs, on the host as in the apps (see runners/memory.py).
+    """
     if backend == "coreml" and sys.platform != "darwin":
         from mpk.errors import RuntimeMissing
 
@@ -162,7 +129,7 @@ def _import_runtime(backend: str, threads: int) -> Any:
         import onnxruntime  # noqa: F401
     elif backend == "executorch":
         import torch
-        from executorch.runtime import Runtime  # noqa: F401
+        from executorch.runtime import Runtime
 
         torch.set_num_threads(threads)
         try:
@@ -170,15 +137,22 @@ def _import_runtime(backend: str, threads: int) -> Any:
 
             portable_lib._unsafe_reset_threadpool(threads)
         except (ImportError, AttributeError, RuntimeError):
-            pass  # older executorch: XNNPACK uses its default pool size
-    try:
-        from packager.runtime import open_session
-    except ImportError:
-        return lambda path: _open_fallback(backend, path, threads)
-    return lambda path: open_session(backend, path, threads=threads)
+            pass  # an executorch build without the hook: XNNPACK uses its default pool size
+        Runtime.get()  # loads the native runtime and its kernels
+    from packager.runtime import session_opener
+
+    return session_opener(backend, threads=threads)  # imports mpk's session class for this backend now
 
 
 # ---------------------------------------------------------------- the child: one artifact
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _error(artifact: dict, kind: str, message: str, **extra: Any) -> dict:
@@ -205,15 +179,18 @@ def measure_artifact(spec: dict, spec_dir: Path, index: int, progress: Path) -> 
         except (OSError, AttributeError) as e:  # CPUs this machine lacks: refuse rather than time unpinned
             return _error(art, "other", f"cannot pin to CPUs {s['cpu_affinity']}: {e}")
     try:
-        opener = _import_runtime(art["backend"], threads)
+        opener = _load_runtime(art["backend"], threads)
     except RuntimeMissing as e:
         return _error(art, "unsupported", e.message)
-    except ImportError as e:
-        return _error(art, "unsupported", f"runtime for {art['backend']} is not installed: {e}")
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] in ("mpk", "packager", "runners"):
+            raise  # mpk's own code is always installed: that would be a bug, not a missing runtime
+        return _error(art, "unsupported", f"the {art['backend']} runtime is not installed here (no module "
+                                          f"{e.name!r}): pip install 'mpk[host]'")  # fmt: skip
     path = spec_dir / art["path"]
     if not path.exists():
         return _error(art, "load", f"artifact file not found: {art['path']}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else art["sha256"]
+    digest = _sha256(path) if path.is_file() else art["sha256"]
     if digest != art["sha256"]:
         return _error(art, "load", f"sha256 mismatch for {art['path']}: spec {art['sha256']}, file {digest}")
     reference = load_reference(spec, spec_dir)
@@ -283,14 +260,40 @@ def measure_artifact(spec: dict, spec_dir: Path, index: int, progress: Path) -> 
     }  # fmt: skip
 
 
-def _child_main(spec_path: Path, index: int, out: Path) -> int:
-    from runners.contract import load_spec
+def profile_pass(spec: dict, spec_dir: Path, index: int, stats: dict[str, Any]) -> dict:
+    """The separate profiled pass, after the timed loop and the accuracy pass (:mod:`packager.profiling`).
 
-    spec = load_spec(spec_path)
+    Its numbers never enter ``samples_ms``; it is compared with them (``vs_p50``, ``overhead``). A profile that
+    fails is reported as unavailable with the reason: the measurement it follows stands.
+    """
+    from mpk.contract.profile import finish, unavailable
+    from packager.runtime import profile_artifact
+
+    art = spec["artifacts"][index]
+    files = {k: spec_dir / v for k, v in (art.get("profiling") or {}).items()}
+    try:
+        reference = load_reference(spec, spec_dir)
+        inputs = reference[0][0] if reference else synthetic_inputs(art)
+        prof = profile_artifact(art["backend"], art["scheme"], spec_dir / art["path"], inputs,
+                                threads=spec["settings"]["threads"], files=files)  # fmt: skip
+    except Exception as e:  # the runtime's own words are the useful part
+        prof = unavailable("the profiled pass failed", f"{type(e).__name__}: {str(e)[:2000]}")
+    return dict(finish(prof, p50_ms=stats.get("p50_ms"), mean_ms=stats.get("mean_ms")))
+
+
+def _child_main(spec_path: Path, index: int, out: Path) -> int:
+    from mpk.contract import read_spec
+
+    spec = read_spec(spec_path)
     progress = out.with_suffix(".phase")
     result = measure_artifact(spec, spec_path.parent, index, progress)
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     out.write_text(json.dumps({"pid": os.getpid(), "affinity": affinity, "result": result}))
+    if spec["settings"].get("profile") and result["status"] == "ok":
+        # written first, so a profiler that takes the process down loses the profile, not the measurement
+        progress.write_text("profile")
+        result["profile"] = profile_pass(spec, spec_path.parent, index, result["stats"])
+        out.write_text(json.dumps({"pid": os.getpid(), "affinity": affinity, "result": result}))
     return 0
 
 
@@ -307,6 +310,19 @@ def _runtime_versions() -> dict[str, str]:
     return out
 
 
+def _phase(phase_file: Path) -> str:
+    return phase_file.read_text() if phase_file.exists() else "setup"
+
+
+def _without_profile(out: Path, why: str) -> dict:
+    """The measurement the child wrote before its profiled pass died, with the profile said unavailable."""
+    from mpk.contract.profile import unavailable
+
+    result = json.loads(out.read_text())["result"]
+    result["profile"] = unavailable("the profiled pass", why)
+    return result
+
+
 def run_artifact_subprocess(spec_path: Path, index: int, artifact: dict, threads: int, timeout_s: float) -> dict:
     """Run one artifact in a fresh interpreter and return its artifact_result (errors included)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -316,12 +332,17 @@ def run_artifact_subprocess(spec_path: Path, index: int, artifact: dict, threads
         out = Path(tmp) / "artifact.json"
         cmd = [sys.executable, "-m", "runners.host_runner", "--spec", str(spec_path), "--out", str(out),
                CHILD_FLAG, str(index)]  # fmt: skip
+        phase_file = out.with_suffix(".phase")
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
+            if _phase(phase_file) == "profile" and out.exists():
+                return _without_profile(out, f"the profiled pass ran past the artifact's {timeout_s:.0f} s: {e}")
             return _error(artifact, "timeout", f"no result after {timeout_s:.0f} s")
-        phase_file = out.with_suffix(".phase")
-        phase = phase_file.read_text() if phase_file.exists() else "setup"
+        phase = _phase(phase_file)
+        if proc.returncode != 0 and phase == "profile" and out.exists():
+            tail = (proc.stderr or proc.stdout or "").strip()[-1500:]
+            return _without_profile(out, f"the runner process exited with {proc.returncode} while profiling: {tail}")
         if proc.returncode == 0 and out.exists():
             payload = json.loads(out.read_text())
             print(f"mpk host_runner: artifact {artifact['id']} ran in pid {payload['pid']} "
@@ -340,19 +361,22 @@ def run_spec(spec_path: Path, *, emulated: bool = False, device_facts: dict | No
              timeout_s: float | None = None) -> dict:  # fmt: skip
     """Measure every artifact of the spec at ``spec_path``; return a schema-valid runner result."""
     from mpk import __version__
+    from mpk.contract import RESULT_VERSION, read_spec, validate_result
     from runners import devicefacts
-    from runners.contract import RESULT_VERSION, load_spec, validate_result
 
     spec_path = Path(spec_path).resolve()
-    spec = load_spec(spec_path)
+    spec = read_spec(spec_path)
     s = spec["settings"]
     facts = devicefacts.host_facts()
     if device_facts:
         facts.update(device_facts)
         facts["host_cpu"] = devicefacts.cpu_model()  # the CPU that really ran the numbers, whatever the facts say
+        facts.update(devicefacts.int8_facts())  # and the int8 kernels it ran them with
     started = utc_now()
     facts["temperatures_c_before"] = devicefacts.temperatures_c()
-    per_artifact_timeout = timeout_s or (300.0 + 2 * (s.get("max_seconds") or 600.0))
+    # a profiled pass may lower an ExecuTorch model unit by unit (packager/export/et_estimate.py): minutes
+    per_artifact_timeout = timeout_s or (300.0 + 2 * (s.get("max_seconds") or 600.0) + (900.0 if s.get("profile")
+                                                                                         else 0.0))  # fmt: skip
     results = [
         run_artifact_subprocess(spec_path, i, a, s["threads"], per_artifact_timeout)
         for i, a in enumerate(spec["artifacts"])
@@ -360,6 +384,8 @@ def run_spec(spec_path: Path, *, emulated: bool = False, device_facts: dict | No
     facts["temperatures_c_after"] = devicefacts.temperatures_c()
     settings = {k: s.get(k) for k in ("threads", "cpu_affinity", "warmup_iterations", "min_iterations",
                                       "min_seconds", "max_seconds")}  # fmt: skip
+    if s.get("profile"):
+        settings["profile"] = True
     result = {
         "schema_version": RESULT_VERSION,
         "run_id": spec["run_id"],
@@ -375,14 +401,6 @@ def run_spec(spec_path: Path, *, emulated: bool = False, device_facts: dict | No
     return validate_result(result, what="host runner result")
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runners.host_runner", description=__doc__.splitlines()[0])
     ap.add_argument("--spec", required=True, type=Path)
@@ -392,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, help="per-artifact time limit (default 300 + 2*max_seconds)")
     ap.add_argument(CHILD_FLAG, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from mpk.contract import write_result
     from mpk.errors import MpkError
 
     try:
@@ -399,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             return _child_main(args.spec, args.child_index, args.out)
         facts = json.loads(args.device_facts.read_text()) if args.device_facts else None
         result = run_spec(args.spec, emulated=args.emulated, device_facts=facts, timeout_s=args.timeout_s)
-        write_json_atomic(args.out, result)
+        write_result(args.out, result)
     except MpkError as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
         return e.exit_code

@@ -15,6 +15,11 @@ Scheduling rules, and why:
 * a device that fails mid-run fails its own cells; the others finish; and
   results.json is rewritten after every cell, so an interrupted run still
   leaves a valid file with what finished.
+
+:class:`Bench` measures one cell (:meth:`Bench.run_cell`); :func:`run_matrix` runs the threads, the
+records and the file around it. ``mpk bench --ray`` passes a :class:`Bench` subclass
+(:mod:`runners.ray_matrix`) whose cells run, through this same ``run_cell``, on the agent host that
+owns each device; the matrix around them is this one.
 """
 
 from __future__ import annotations
@@ -26,19 +31,31 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from mpk.contract import (
+    RESULTS_VERSION,
+    SPEC_VERSION,
+    Cell,
+    Manifest,
+    Outcome,
+    outcome_of,
+    read_manifest,
+    write_results,
+)
 from mpk.errors import DeviceError, MpkError, UsageError
-from runners.contract import SPEC_VERSION, read_json
-from runners.devices import DevicesConfig, DeviceSpec, RunSettings
-from runners.drivers import get_driver
+from runners.compat import device_runtimes, refuse_incompatible
+from runners.config import DevicesConfig
+from runners.devices import DeviceSpec, RunSettings
+from runners.drivers import Driver, get_driver
+from runners.environment import environment
 from runners.host_runner import utc_now
-from runners.results import SCHEMA_VERSION, environment, write_results
 
 Fallback = Literal["emulator", "none"]
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -49,29 +66,6 @@ _REF_DTYPES = {"float32", "int64", "int32"}
 
 
 # ---------------------------------------------------------------- manifest -> specs
-
-
-#: prefix of the reason of a cell skipped because its runner cannot run that backend at all
-NOT_APPLICABLE = "not applicable:"
-
-
-def load_manifest(path: Path) -> dict[str, Any]:
-    """Read a manifest and check the fields the bench needs (full validation is the packager's)."""
-    doc = read_json(Path(path), what="manifest")
-    problems = []
-    if not isinstance(doc, dict) or doc.get("schema_version") != "mpk.manifest/1":
-        problems.append(f"schema_version: expected 'mpk.manifest/1', got {doc.get('schema_version')!r}")
-    arts = doc.get("artifacts") if isinstance(doc, dict) else None
-    if not isinstance(arts, list):
-        problems.append("artifacts: expected a list")
-    else:
-        for i, a in enumerate(arts):
-            for k in ("id", "backend", "scheme", "path", "sha256"):
-                if not isinstance(a, dict) or k not in a:
-                    problems.append(f"artifacts[{i}].{k}: required")
-    if problems:
-        raise UsageError(f"manifest {path} is not usable:\n  " + "\n  ".join(problems))
-    return doc
 
 
 def _safe(s: str) -> str:
@@ -108,7 +102,7 @@ def write_reference(manifest: dict[str, Any], manifest_dir: Path, out_dir: Path)
         return None
     task = (manifest.get("model") or {}).get("task")
     doc = {"samples": int(arrays["input:" + ins[0]["name"]].shape[0]), "inputs": ins, "outputs": outs}
-    if task in ("classification", "other"):
+    if task in ("classification", "language-model", "segmentation", "other"):
         doc["task"] = task
     return doc
 
@@ -133,6 +127,10 @@ def build_spec(run_id: str, device_id: str, settings: RunSettings, artifact: dic
     for k in ("inputs", "outputs"):
         if artifact.get(k):
             a[k] = [{"name": t["name"], "shape": t["shape"], "dtype": t["dtype"]} for t in artifact[k]]
+    if artifact.get("runtime"):
+        a["runtime"] = artifact["runtime"]  # the apps check it again before loading (runners/compat.py)
+    if settings.profile and artifact.get("profiling"):
+        a["profiling"] = {k: e["path"] for k, e in artifact["profiling"].items()}
     spec = {"schema_version": SPEC_VERSION, "run_id": run_id, "device_id": device_id,
             "settings": settings.to_spec(), "artifacts": [a], "reference": reference}  # fmt: skip
     return spec
@@ -174,23 +172,28 @@ class Bench:
         overrides: dict[str, Any] | None = None,
         virtual_factory: Callable[[], tuple[str, Callable[[], None]]] | None = None,
         timeout_s: float = 3600,
+        host_lock: AbstractContextManager | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.manifest_path = Path(manifest_path).resolve()
-        self.manifest = load_manifest(self.manifest_path)
+        self.manifest: Manifest = read_manifest(self.manifest_path)
         self.manifest_dir = self.manifest_path.parent
         self.config = config
         self.out_dir = Path(out_dir)
         self.work = self.out_dir / "work"
         self.fallback: Fallback = resolve_fallback(fallback)
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        self.host_lock = threading.Lock()
+        #: held while a cell that times on this machine's CPU runs (the host and every emulated device)
+        self.host_lock: AbstractContextManager = host_lock or threading.Lock()
         self.timeout_s = timeout_s
         self._virtual_factory = virtual_factory
         self._virtual: DeviceSpec | None = None
         self._virtual_stop: Callable[[], None] | None = None
         self._virtual_lock = threading.Lock()
+        self._drivers: dict[tuple[str, str], Driver] = {}
+        self._drivers_lock = threading.Lock()
         self.reference = write_reference(self.manifest, self.manifest_dir, self.work / "reference")
-        self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
     # -- devices --------------------------------------------------------------------------------------------------
     def settings_for(self, device: DeviceSpec) -> RunSettings:
@@ -218,7 +221,7 @@ class Bench:
                 return Plan(device, self.virtual_device(), True)
             except MpkError as e:
                 return Plan(device, None, True, f"mpk's virtual device could not start: {e.message}")
-        probe = get_driver(device.runner).probe(device)
+        probe = self.driver(device.runner, device.id).probe(device)
         if probe.reachable:
             return Plan(device, device, device.kind == "emulator")
         if self.fallback != "emulator":
@@ -227,6 +230,34 @@ class Bench:
             return Plan(device, self.virtual_device(), True)
         except MpkError as e:
             return Plan(device, None, False, f"device absent ({probe.detail}) and no virtual device: {e.message}")
+
+    def plan_all(self, devices: Iterable[DeviceSpec]) -> dict[str, Plan]:
+        """Every device's plan (a device that cannot be planned is skipped with the reason)."""
+        return {d.id: _plan_or_skip(self, d) for d in devices}
+
+    def runtimes_of(self, target: DeviceSpec) -> dict[str, str] | None:
+        """The runtimes ``target`` reports (:func:`runners.compat.device_runtimes`), for the pre-flight refusal."""
+        return device_runtimes(target)
+
+    def extra_config(self) -> dict[str, Any]:
+        """What this kind of run adds to results.json's ``config`` (nothing for a run on this machine)."""
+        return {}
+
+    def driver(self, name: str, device_id: str) -> Driver:
+        """One driver instance per runner and device for the whole run, so :meth:`cancel` reaches every cell in
+        flight (a driver tracks the one cell it runs; devices run in parallel)."""
+        with self._drivers_lock:
+            key = (name, device_id)
+            if key not in self._drivers:
+                self._drivers[key] = get_driver(name)
+            return self._drivers[key]
+
+    def cancel(self) -> None:
+        """Kill whatever the drivers still have running (Ctrl-C): no runner goes on timing after mpk stops."""
+        with self._drivers_lock:
+            drivers = list(self._drivers.values())
+        for d in drivers:
+            d.cancel()
 
     def close(self) -> None:
         if self._virtual_stop is not None:
@@ -242,25 +273,26 @@ class Bench:
 
         raise UsageError(suggest(artifact_id, [a["id"] for a in self.manifest["artifacts"]], "artifact"))
 
-    def skipped_cell(self, plan: Plan, artifact: dict, reason: str, status: str = "skipped") -> dict:
-        ran_on = None if status == "skipped" else getattr(plan.target, "id", None)
+    def unmeasured_cell(self, plan: Plan, artifact: dict, reason: str, outcome: Outcome) -> Cell:
+        """A cell without a runner result: skipped, not applicable, or an infrastructure error (``outcome``)."""
+        ran_on = None if outcome in (Outcome.SKIPPED, Outcome.NOT_APPLICABLE) else getattr(plan.target, "id", None)
         return {"device_id": plan.device.id, "ran_on": ran_on,
                 "emulated": plan.emulated, "artifact_id": artifact["id"], "backend": artifact["backend"],
-                "scheme": artifact["scheme"], "status": status, "error": reason, "device": None,
-                "settings": self.settings_for(plan.device).to_dict(), "runner": None,
+                "scheme": artifact["scheme"], "status": outcome.status, "outcome": str(outcome), "error": reason,
+                "device": None, "settings": self.settings_for(plan.device).to_dict(), "runner": None,
                 "started_utc": None, "finished_utc": None, "result": None}  # fmt: skip
 
     def run_cell(self, plan: Plan, artifact: dict) -> dict:
         """Measure one cell on ``plan.target``. Per-artifact failures come back as an error cell;
         DeviceError propagates so the caller can fail the device's remaining cells."""
         if plan.target is None:
-            return self.skipped_cell(plan, artifact, plan.skip_reason or "skipped")
+            return self.unmeasured_cell(plan, artifact, plan.skip_reason or "skipped", Outcome.SKIPPED)
         target = plan.target
-        driver = get_driver(target.runner)
+        driver = self.driver(target.runner, target.id)
         if artifact["backend"] not in driver.supported_backends():
             # not a failure: this runner/OS combination simply has no such runtime (CoreML on Android or Linux)
-            msg = f"{NOT_APPLICABLE} the {target.runner} runner cannot run {artifact['backend']} artifacts here"
-            return self.skipped_cell(plan, artifact, msg)
+            msg = f"the {target.runner} runner cannot run {artifact['backend']} artifacts"
+            return self.unmeasured_cell(plan, artifact, msg, Outcome.NOT_APPLICABLE)
         settings = self.settings_for(plan.device)
         if target.id != plan.device.id and settings.cpu_affinity is not None:
             # a phone's core numbers mean nothing on the virtual device that stands in for it
@@ -269,6 +301,13 @@ class Bench:
         spec_dir = self.work / cell_id
         spec_dir.mkdir(parents=True, exist_ok=True)
         extra = [e["path"] if isinstance(e, dict) else e for e in artifact.get("extra_files") or []]
+        if settings.profile and artifact.get("profiling"):
+            # the op map and ETRecord travel only with a profiling spec; the ETRecord (about 2x the model) only to
+            # runners that estimate from it: the host runner, also behind mpk's virtual device
+            if target.runner != "host" and target != self._virtual:
+                kept = {k: v for k, v in artifact["profiling"].items() if k != "etrecord"}
+                artifact = {**artifact, "profiling": kept}
+            extra += [e["path"] for e in artifact["profiling"].values()]
         for rel in [artifact["path"], *extra]:
             _link(self.manifest_dir / rel, spec_dir / rel)
         if self.reference:
@@ -283,13 +322,17 @@ class Bench:
                 result = driver.run(spec_dir, spec, target, timeout_s=self.timeout_s)
             except DeviceError:
                 raise
-            except MpkError as e:
-                cell = self.skipped_cell(plan, artifact, e.message, status="error")
+            except MpkError as e:  # no result at all: the runner died or its result was unusable
+                cell = self.unmeasured_cell(plan, artifact, e.message, Outcome.INFRA_ERROR)
                 cell.update(started_utc=started, finished_utc=utc_now())
                 return cell
             finished = utc_now()
         art = result["artifacts"][0]
+        if art.get("profile"):
+            self._map_profile(art, artifact, plan)
         err = art.get("error")
+        outcome = outcome_of(art)
+        exact = int8_exact(artifact, result["device"])
         return {
             "device_id": plan.device.id,
             "ran_on": target.id,
@@ -297,7 +340,8 @@ class Bench:
             "artifact_id": artifact["id"],
             "backend": artifact["backend"],
             "scheme": artifact["scheme"],
-            "status": art["status"],
+            "status": outcome.status,
+            "outcome": str(outcome),
             "error": f"{err['kind']}: {err['message']}" if err else None,
             "device": result["device"],
             "settings": {
@@ -309,7 +353,28 @@ class Bench:
             "started_utc": started,
             "finished_utc": finished,
             "result": art,
+            **({} if exact is None else {"int8_exact": exact}),
         }
+
+    def _map_profile(self, art: dict, artifact: dict, plan: Plan) -> None:
+        """Put the runner's profile back on the PyTorch source with the package's op map (the same for a profile
+        from this host, the virtual device or a phone), and write it as a Chrome trace in ``profiles/``."""
+        from mpk.contract.profile import read_opmap, write_trace
+        from mpk.profiling import attach_sources
+
+        entry = (artifact.get("profiling") or {}).get("op_map")
+        opmap = None
+        if entry:
+            try:
+                opmap = read_opmap(self.manifest_dir / entry["path"])
+            except MpkError as e:
+                art["profile"].setdefault("notes", []).append(f"op map unreadable: {e.message}")
+        attach_sources(art["profile"], opmap)
+        if art["profile"].get("ops"):
+            name = _safe(f"{plan.device.id}--{artifact['id']}") + ".trace.json"
+            emulated = f" (emulated on {plan.target.id})" if plan.emulated and plan.target is not None else ""
+            process = f"{plan.device.id}{emulated} / {artifact['id']} ({art['profile']['status']})"
+            write_trace(self.out_dir / "profiles" / name, art["profile"], process=process)
 
     def _cooldown(self, driver: Any, device: DeviceSpec, settings: RunSettings) -> None:
         if settings.cooldown_s <= 0:
@@ -335,27 +400,43 @@ class _NullLock:
         return None
 
 
-def _default_virtual_factory() -> Callable[[], tuple[str, Callable[[], None]]]:
+def int8_exact(artifact: dict, device: dict | None) -> bool | None:
+    """Whether the CPU that ran an ONNX int8 artifact computed its graph exactly (None: not an ONNX int8 cell).
+
+    False when that CPU's ONNX Runtime int8 kernel adds byte products in saturating 16-bit pairs (x86 without
+    VNNI; the runner's device facts say so, mpk/hostcpu.py) and the artifact's weights use the full int8 range
+    (the manifest's ``details.quantizer.saturation_safe``; ``mpk package --onnx-reduce-range`` makes it safe).
+    Then its measured accuracy is that CPU's, not the artifact's: the gate warns instead of judging it.
+    """
+    if artifact.get("backend") != "onnx" or not str(artifact.get("scheme", "")).startswith("int8"):
+        return None
+    kernel = (device or {}).get("int8_kernel") or {}
+    if "saturates" not in kernel:
+        return None  # a runner that does not report its CPU's kernel: unknown
+    safe = bool(((artifact.get("details") or {}).get("quantizer") or {}).get("saturation_safe"))
+    return bool(safe or not kernel["saturates"])
+
+
+def _plan_or_skip(bench: Bench, device: DeviceSpec) -> Plan:
     try:
-        from runners.emulator import ensure_virtual_device
-    except ImportError as e:
-        from mpk.errors import InfraError
+        return bench.plan(device)
+    except MpkError as e:
+        return Plan(device, None, False, f"cannot plan: {e.message}")
 
-        why = str(e)
 
-        def missing() -> tuple[str, Callable[[], None]]:
-            raise InfraError(f"mpk's virtual device is not installed: {why}")
+def _default_virtual_factory() -> Callable[[], tuple[str, Callable[[], None]]]:
+    from runners.emulator import ensure_virtual_device
 
-        return missing
     return ensure_virtual_device
 
 
 # ---------------------------------------------------------------- the matrix
 
 
-def _results_doc(bench: Bench, devices_file: str | None, cells: list[dict]) -> dict:
+def _results_doc(bench: Bench, devices_file: str | None, devices: list[DeviceSpec], arts: list[dict],
+                 cells: list[Cell]) -> dict:  # fmt: skip
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RESULTS_VERSION,
         "run_id": bench.run_id,
         "created_utc": utc_now(),
         "finished_utc": None,
@@ -371,26 +452,29 @@ def _results_doc(bench: Bench, devices_file: str | None, cells: list[dict]) -> d
             "defaults": bench.config.defaults.to_dict(),
             "overrides": bench.overrides,
             "devices": [d.to_dict() for d in bench.config.devices],
+            **bench.extra_config(),
         },
         "environment": environment(),
+        "matrix": {"devices": [d.id for d in devices], "artifacts": [a["id"] for a in arts]},
         "cells": cells,
     }
 
 
-def select(config: DevicesConfig, manifest: dict, only_devices: list[str] | None, only_artifacts: list[str] | None):
+def select(config: DevicesConfig, manifest: Manifest, only_devices: list[str] | None,
+           only_artifacts: list[str] | None) -> tuple[list[DeviceSpec], list[dict]]:  # fmt: skip
     """The devices and artifacts a run covers; unknown ids are usage errors with suggestions."""
     from mpk.registry import suggest
 
     devices = config.devices
     if only_devices:
-        devices = [config.get(d) for d in only_devices]
-    arts = manifest["artifacts"]
+        devices = [config.get(d) for d in dict.fromkeys(only_devices)]
+    arts: list[dict] = list(manifest["artifacts"])
     if only_artifacts:
         known = {a["id"]: a for a in arts}
         missing = [a for a in only_artifacts if a not in known]
         if missing:
             raise UsageError(suggest(missing[0], list(known), "artifact"))
-        arts = [known[a] for a in only_artifacts]
+        arts = [known[a] for a in dict.fromkeys(only_artifacts)]
     if not arts:
         raise UsageError("the manifest lists no artifacts to benchmark")
     return devices, arts
@@ -409,45 +493,56 @@ def run_matrix(
     progress: ProgressFn | None = None,
     virtual_factory: Callable[[], tuple[str, Callable[[], None]]] | None = None,
     devices_file: str | None = None,
+    bench_factory: Callable[..., Bench] = Bench,
 ) -> dict:
-    """Benchmark every selected (device, artifact) cell; write and return ``out_dir/results.json``.
+    """Benchmark every selected (device, artifact) cell; write ``out_dir/results.json`` after each and return it.
 
     ``overrides`` are RunSettings fields (CLI flags) applied over devices.yaml;
     ``iterations_override`` is shorthand for ``overrides={"min_iterations": N}``.
     ``progress`` is called with ``{"event": "start"|"done", "cell": ..., "total": n}``.
+
+    On KeyboardInterrupt the runner processes of the cells in flight are killed, the file is written
+    one last time (``complete: false``, the finished cells only) and the interrupt propagates.
+    :func:`runners.bench.run_bench` is the whole ``mpk bench`` around this (output folder, exit code).
+    ``bench_factory`` makes the :class:`Bench` (called like it): where the cells run.
     """
     ov = dict(overrides or {})
     if iterations_override is not None:
         ov["min_iterations"] = iterations_override
-    bench = Bench(manifest_path, devices_config, out_dir, fallback=fallback, overrides=ov,
-                  virtual_factory=virtual_factory)  # fmt: skip
-    devices, arts = select(devices_config, bench.manifest, only_devices, only_artifacts)
+    bench = bench_factory(manifest_path, devices_config, out_dir, fallback=fallback, overrides=ov,
+                          virtual_factory=virtual_factory)  # fmt: skip
+    try:  # plan every device, then refuse (exit 2) what its runtime cannot load, before anything is pushed
+        devices, arts = select(devices_config, bench.manifest, only_devices, only_artifacts)
+        plans = bench.plan_all(devices)
+        refuse_incompatible(plans.values(), arts, report=bench.runtimes_of)
+    except BaseException:
+        bench.close()
+        raise
     out_path = Path(out_dir) / "results.json"
-    cells: list[dict] = []
+    cells: list[Cell] = []
     lock = threading.Lock()
     stop = threading.Event()
     total = len(devices) * len(arts)
-    doc = _results_doc(bench, devices_file, cells)
+    doc = _results_doc(bench, devices_file, devices, arts, cells)
     write_results(out_path, doc)
 
-    def record(cell: dict) -> None:
+    def record(cell: Cell) -> None:
         with lock:
+            if stop.is_set():  # interrupted: a cell whose runner was killed under it measured nothing
+                return
             cells.append(cell)
             write_results(out_path, doc)
         if progress:
             progress({"event": "done", "cell": cell, "total": total})
 
     def worker(device: DeviceSpec) -> None:
-        try:
-            plan = bench.plan(device)
-        except MpkError as e:
-            plan = Plan(device, None, False, f"cannot plan: {e.message}")
+        plan = plans[device.id]
         failed: str | None = None
         for art in arts:
             if stop.is_set():
                 return
             if failed:
-                record(bench.skipped_cell(plan, art, failed, status="error"))
+                record(bench.unmeasured_cell(plan, art, failed, Outcome.INFRA_ERROR))
                 continue
             if progress:
                 progress({"event": "start", "device": device.id, "artifact": art["id"], "total": total})
@@ -455,9 +550,9 @@ def run_matrix(
                 record(bench.run_cell(plan, art))
             except DeviceError as e:
                 failed = f"device failed mid-run: {e.message}"
-                record(bench.skipped_cell(plan, art, failed, status="error"))
+                record(bench.unmeasured_cell(plan, art, failed, Outcome.INFRA_ERROR))
             except Exception as e:  # one device's surprise must not take down the others' cells
-                record(bench.skipped_cell(plan, art, f"{type(e).__name__}: {e}", status="error"))
+                record(bench.unmeasured_cell(plan, art, f"{type(e).__name__}: {e}", Outcome.INFRA_ERROR))
 
     threads = [threading.Thread(target=worker, args=(d,), name=f"bench-{d.id}", daemon=True) for d in devices]
     try:
@@ -468,10 +563,11 @@ def run_matrix(
                 t.join(0.2)
         doc["complete"] = True
     finally:
-        stop.set()
         with lock:
+            stop.set()
             doc["finished_utc"] = utc_now()
             write_results(out_path, doc)
+        bench.cancel()
         bench.close()
     return doc
 
@@ -521,7 +617,7 @@ def run_cell(
         try:
             return bench.run_cell(plan, art)
         except DeviceError as e:
-            return bench.skipped_cell(plan, art, f"device failed: {e.message}", status="error")
+            return bench.unmeasured_cell(plan, art, f"device failed: {e.message}", Outcome.INFRA_ERROR)
     finally:
         bench.close()
         if tmp is not None:
@@ -529,7 +625,7 @@ def run_cell(
 
 
 def _load_devices(path: Path | str) -> DevicesConfig:
-    from runners.devices import load_devices
+    from runners.config import load_devices
 
     return load_devices(path)
 
@@ -538,7 +634,7 @@ def describe_plan(manifest_path: Path, devices_config: DevicesConfig, *, fallbac
                   only_devices: list[str] | None = None, only_artifacts: list[str] | None = None,
                   overrides: dict[str, Any] | None = None) -> dict:  # fmt: skip
     """The resolved matrix without running anything (``mpk bench --dry-run``)."""
-    manifest = load_manifest(Path(manifest_path))
+    manifest = read_manifest(Path(manifest_path))
     devices, arts = select(devices_config, manifest, only_devices, only_artifacts)
     ov = {k: v for k, v in (overrides or {}).items() if v is not None}
     eff_fallback = resolve_fallback(fallback)

@@ -21,6 +21,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _own_environment():
+    """Each test gets the environment it started with back. A test that runs an mpk command in-process (Click's
+    CliRunner) lets it set process-wide variables, e.g. ``TORCH_LOGS=-all`` from ``quiet_third_party``; left in
+    place, they reach every later test's subprocesses and change what those print (a CI run failed this way)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

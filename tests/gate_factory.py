@@ -61,8 +61,13 @@ def artifact_result(
     top1: float | None = 1.0,
     cosine: float = 0.999,
     load_ms: float = 42.0,
+    error_kind: str | None = None,
 ) -> dict[str, Any]:
+    """An ok runner result over ``lat``, or (``error_kind`` given) one that failed with that typed kind."""
     backend, _, scheme = artifact_id.partition("-")
+    if error_kind is not None:
+        return {"id": artifact_id, "backend": backend, "scheme": scheme, "status": "error",
+                "error": {"kind": error_kind, "message": f"{error_kind} failure"}}  # fmt: skip
     return {
         "id": artifact_id,
         "backend": backend,
@@ -86,6 +91,11 @@ def artifact_result(
     }
 
 
+#: outcome -> the coarse status a cell with it carries (mpk.contract.Outcome.status)
+_STATUS = {"ok": "ok", "failed": "error", "unsupported": "error", "infra_error": "error", "skipped": "skipped",
+           "not_applicable": "skipped"}  # fmt: skip
+
+
 def cell(
     device_id: str,
     artifact_id: str,
@@ -93,28 +103,38 @@ def cell(
     *,
     emulated: bool = False,
     ran_on: str | None = None,
-    status: str = "ok",
+    outcome: str = "ok",
     error: str | None = None,
-    result: dict[str, Any] | bool | None = True,
     **kw: Any,
 ) -> dict[str, Any]:
+    """A results cell. ``outcome`` failed/unsupported carry a runner result with that error kind; infra_error,
+    skipped and not_applicable carry none (as the bench writes them)."""
     backend, _, scheme = artifact_id.partition("-")
-    if result is True:
-        result = artifact_result(artifact_id, lat or [], **kw) if status == "ok" else None
+    result: dict[str, Any] | None = None
+    if outcome == "ok":
+        result = artifact_result(artifact_id, lat or [], **kw)
+    elif outcome in ("failed", "unsupported"):
+        kind = "unsupported" if outcome == "unsupported" else kw.pop("error_kind", "inference")
+        result = artifact_result(artifact_id, [], error_kind=kind)
+        if error:  # the bench writes "<kind>: <message>"
+            result["error"]["message"] = error.removeprefix(f"{kind}: ")
+        error = f"{kind}: {result['error']['message']}"
+    unmeasured = outcome in ("skipped", "not_applicable")
     return {
         "device_id": device_id,
-        "ran_on": ran_on or ("mpk-virtual" if emulated else device_id),
+        "ran_on": None if unmeasured else (ran_on or ("mpk-virtual" if emulated else device_id)),
         "emulated": emulated,
         "artifact_id": artifact_id,
         "backend": backend,
         "scheme": scheme,
-        "status": status,
+        "status": _STATUS[outcome],
+        "outcome": outcome,
         "error": error,
-        "device": HOST if emulated else PHONE,
+        "device": None if unmeasured else (HOST if emulated else PHONE),
         "settings": dict(SETTINGS),
-        "runner": {"name": "android_app", "version": "0.1.0"},
-        "started_utc": "2026-01-01T00:00:00Z",
-        "finished_utc": "2026-01-01T00:01:00Z",
+        "runner": None if unmeasured else {"name": "android_app", "version": "0.1.0"},
+        "started_utc": None if unmeasured else "2026-01-01T00:00:00Z",
+        "finished_utc": None if unmeasured else "2026-01-01T00:01:00Z",
         "result": result,
     }
 
@@ -126,13 +146,18 @@ def results(
     git: str = "abc1234",
     created: str = "2026-01-01T00:00:00Z",
     manifest_path: str = "../package/manifest.json",
+    complete: bool = True,
+    matrix: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
+    """A results document around ``cells``; its matrix is every device x artifact the cells name (a full run)."""
+    devices = list(dict.fromkeys(c["device_id"] for c in cells))
+    arts = list(dict.fromkeys(c["artifact_id"] for c in cells))
     return {
-        "schema_version": "mpk.results/1",
+        "schema_version": "mpk.results/2",
         "run_id": run_id,
         "created_utc": created,
         "finished_utc": created,
-        "complete": True,
+        "complete": complete,
         "manifest": {"path": manifest_path, "sha256": "0" * 64, "model": {"name": "tinynet"}},
         "devices_file": "devices.yaml",
         "config": {"fallback": "none"},
@@ -143,6 +168,7 @@ def results(
             "git_revision": git,
             "libraries": {"numpy": "2.0.0"},
         },
+        "matrix": matrix if matrix is not None else {"devices": devices, "artifacts": arts},
         "cells": cells,
     }
 

@@ -15,7 +15,9 @@ android {
         minSdk = 26
         targetSdk = 35
         versionCode = 1
-        versionName = "0.1.0"
+        // `mpk bench` reads the linked runtimes from here (`dumpsys package org.mpk.bench`) before it pushes
+        // anything, and refuses artifacts they cannot load (runners/compat.py parse_app_version_name).
+        versionName = "0.1.0 (executorch $executorchVersion; onnxruntime $onnxruntimeVersion)"
         // The AARs ship arm64-v8a and x86_64 (emulator) native code only.
         ndk { abiFilters += listOf("arm64-v8a", "x86_64") }
         buildConfigField("String", "EXECUTORCH_VERSION", "\"$executorchVersion\"")

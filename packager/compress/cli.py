@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -75,11 +76,17 @@ def _floor(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--save-recipe", type=click.Path(path_type=Path), help="Write the chosen variant as a recipe (YAML).")
 @click.option("--replay", type=click.Path(path_type=Path), help="Re-run a saved recipe (read like mpk package's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
+@click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[HOST:PORT]",
+              help="Grid (--target channels): run each trial as a Ray task, on the cluster at HOST:PORT or alone on "
+                   "a private Ray instance here. Loopback unless --ray-allow-remote.")  # fmt: skip
+@click.option("--ray-allow-remote", is_flag=True, help="Allow a --ray address that is not loopback (trusted networks).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), help="With --ray: trials at once (default: CPUs/threads)")
 def tune(**kw: object) -> None:
     """Find how much to prune: the largest MAC (or parameter) reduction whose agreement with fp32 on held-out
     data meets the floor; print every variant tried, the Pareto front and the layers that limited it.
 
-    Exit codes: 0 a variant met the floor; 1 none did; 2 bad flags; 5 model error.
+    Exit codes: 0 a variant met the floor; 1 none did; 2 bad flags (``--ray`` with the search or a replay
+    included: only a grid's trials are independent); 4 Ray missing or unreachable; 5 model error.
     """
     import json
     import warnings
@@ -91,8 +98,9 @@ def tune(**kw: object) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     cfg = tune_config(kw)
+    executor = ray_executor(kw, cfg)
     echo = None if kw["as_json"] else click.echo
-    res = run_tune(cfg, kw["out"], progress=not kw["as_json"], echo=echo)  # type: ignore[arg-type]
+    res = run_tune(cfg, kw["out"], progress=not kw["as_json"], echo=echo, executor=executor)  # type: ignore[arg-type]
     if kw["as_json"]:
         click.echo(json.dumps(result_json(res), indent=2, default=str))
     else:
@@ -102,6 +110,27 @@ def tune(**kw: object) -> None:
         click.echo(f"recipe written to {kw['save_recipe']}")
     if res.chosen is None:
         raise CheckFailed("no variant met the floor on the held-out data")
+
+
+def ray_executor(kw: dict[str, object], cfg: Any) -> Any:
+    """``--ray [HOST:PORT]`` -> a :class:`~packager.compress.tune_ray.RayTrials`, or None. Every refusal comes
+    before any model is loaded: exit 2 for misuse, 4 for no cluster at the address (Ray is imported only when
+    trials start)."""
+    from packager.compress.tune import RAY_GRID_ONLY
+
+    if kw["ray"] is None:
+        if kw["max_concurrent"] or kw["ray_allow_remote"]:
+            raise UsageError("--max-concurrent and --ray-allow-remote apply to --ray only")
+        return None
+    from mpk.raycluster import check_reachable, parse_address
+    from packager.compress.tune_ray import RayTrials
+
+    address = parse_address(str(kw["ray"]), allow_remote=bool(kw["ray_allow_remote"])) if kw["ray"] else None
+    if not cfg.grid:
+        raise UsageError(RAY_GRID_ONLY)
+    if address is not None:
+        check_reachable(address)
+    return RayTrials(address=address, max_concurrent=kw["max_concurrent"])  # type: ignore[arg-type]
 
 
 def tune_config(kw: dict[str, object]):  # -> TuneConfig (torch-free import kept lazy)

@@ -563,15 +563,10 @@ def export_quantized(compressed: CompressedModel, out_dir: Path) -> ExportedArti
 
 def load_compression_file(path: Path) -> tuple[CompressionConfig, dict[str, Any]]:
     """Read a recipe YAML and return its ``compression`` section plus the whole mapping (for ``model`` etc.)."""
-    import yaml
+    from mpk.yamlio import load_yaml
 
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise UsageError(f"recipe file not found: {p}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(p), [f"not valid YAML: {e}"]) from None
+    raw = load_yaml(p, what="recipe file") or {}  # exit 2 on unreadable, non-UTF-8, bad or duplicate keys
     if not isinstance(raw, dict):
         raise ConfigError(str(p), ["expected a mapping at the top level"])
     return parse_compression(raw.get("compression"), str(p)), raw

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpk import metrics
 from mpk.errors import UsageError
 from packager.compress import check_layer_names
 
@@ -56,18 +57,18 @@ class MixedPrecisionPlan:
 
 
 def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
-    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` (one array per batch, first output only), as
-    :func:`packager.verify.compute_metrics` defines them, so a mixed-precision budget bounds the same numbers
-    a recipe's tolerances do."""
-    from packager.verify import compute_metrics
-
+    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` (one array per batch, first output only), per
+    :mod:`mpk.metrics`: the numbers verification and the bench report, rounded for the table. A first output
+    of one value per sample has no top-1, and neither has a batch with no clear top-1: both count as 1.0
+    (nothing to disagree on)."""
     r = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in ref])
     o = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in out])
-    m = compute_metrics([r], [o], classifier=r.shape[-1] > 1)
+    m = metrics.compare([r], [o], classifier=r.shape[-1] > 1)
+    top1 = m["top1_agreement"]
     return {
-        "snr_db": round(float(m["snr_db"] or 0.0), 3),
-        "cosine": round(float(m["cosine"] or 0.0), 6),
-        "top1_agreement": round(float(m["top1_agreement"]), 6) if m["top1_agreement"] is not None else 1.0,
+        "snr_db": round(float(m["snr_db"]), 3),  # type: ignore[arg-type]
+        "cosine": round(float(m["cosine"]), 6),  # type: ignore[arg-type]
+        "top1_agreement": round(float(top1), 6) if top1 is not None else 1.0,
     }
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from mpk import metrics
 from mpk.errors import ConfigError, DataError, MpkError, UsageError
 from packager.compress import check_ratio
 from packager.compress.distill import DistillConfig
@@ -61,6 +62,11 @@ DEFAULT_AMOUNTS = {
 }
 #: fp32's top-1 probability must beat its second by this much for a held-out sample to count as "sure"
 SURE_MARGIN = 0.1
+#: ``--ray`` (an executor) with the search or a replay: refused in one line, never silently run locally
+RAY_GRID_ONLY = (
+    "--ray runs the independent trials of a grid (--target channels); the search (--target macs/params) is "
+    "sequential, each amount picked from the last pass or miss, and a replay is one variant: run them without --ray"
+)
 
 
 def _recipe_default(name: str) -> Any:
@@ -144,6 +150,11 @@ class TuneConfig:
         return self.compression is None and self.target != "channels"
 
     @property
+    def grid(self) -> bool:
+        """Uniform channel ratios x schemes: independent trials (what ``--ray`` can run in parallel)."""
+        return self.compression is None and self.target == "channels"
+
+    @property
     def amount_list(self) -> tuple[float, ...]:
         return tuple(sorted(set(self.amounts or DEFAULT_AMOUNTS[self.target])))
 
@@ -182,7 +193,9 @@ class Trial:
     parameters: int = 0
     size_bytes: int = 0
     latency_ms: float = 0.0
+    #: over the held-out samples whose fp32 top-1 is clear (:func:`mpk.metrics.clear`), ``top1_counted`` of them
     top1_agreement: float = 0.0
+    top1_counted: int | None = None
     #: agreement on the held-out samples where fp32's top-1 beats its second by > SURE_MARGIN
     top1_agreement_sure: float | None = None
     accuracy: float | None = None
@@ -333,6 +346,7 @@ def _held_out_metrics(outs: np.ndarray, data: _Data, t: Trial, classifier: bool)
 
     m = compute_metrics([data.reference], [outs], classifier=classifier, labels=data.held_out.labels)
     t.top1_agreement = float(m["top1_agreement"]) if m["top1_agreement"] is not None else 0.0
+    t.top1_counted = m["top1_counted"]  # type: ignore[assignment]
     t.cosine, t.snr_db = float(m["cosine"] or 0.0), float(m["snr_db"] or 0.0)
     t.accuracy = m["accuracy"]
     if classifier and data.sure.any():
@@ -348,10 +362,16 @@ def _meets(t: Trial, floor: dict[str, float]) -> bool:
 # --- the search -------------------------------------------------------------------------------------------
 
 
-def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = True, echo: Any = None) -> TuneResult:
+def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = True, echo: Any = None,
+             executor: Any = None) -> TuneResult:  # fmt: skip
     """Search (or grid, or replay) and return every trial, the chosen one and what limited it.
 
     ``echo(str)`` receives one line per step and trial.
+
+    ``executor`` runs a grid's trials elsewhere: ``executor.run(cfg, [(amount, scheme), ...], work, echo)``
+    returns one Trial per pair, in that order (``mpk tune --ray``: :class:`packager.compress.tune_ray.RayTrials`).
+    Only the grid (``target: channels``) has independent trials; the search is sequential (each amount is
+    picked from the last pass or miss) and a replay is one variant, so both refuse an executor (UsageError).
     """
     import tempfile
 
@@ -367,6 +387,8 @@ def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = T
     schemes = [resolve_scheme(cfg.backend, s) for s in cfg.schemes]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if executor is not None and not cfg.grid:
+        raise UsageError(RAY_GRID_ONLY)
     model = load_model(cfg.model)
     _precheck(cfg, model)
     comp_distill = cfg.compression.distill if cfg.compression is not None else cfg.distill
@@ -374,9 +396,12 @@ def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = T
     for n in data.notes:
         say(f"note: {n}")
     classifier = model.task == "classification"
+    clear = ""
+    if classifier:
+        clear = f"{metrics.top1_counted(data.reference)} with a clear fp32 top-1 (top-1 agreement counts these), "
     say(
-        f"held-out: {len(data.held_out)} samples ({data.held_out.source}), {int(data.sure.sum())} where fp32 is sure; "
-        f"guard: {len(data.guard)}; calibration: {len(data.calibration)}"
+        f"held-out: {len(data.held_out)} samples ({data.held_out.source}), {clear}{int(data.sure.sum())} where fp32 "
+        f"is sure; guard: {len(data.guard)}; calibration: {len(data.calibration)}"
     )
     fp32_acc = None
     if data.held_out.labels is not None:
@@ -389,7 +414,9 @@ def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = T
         _export_phase(cfg, model, data, classifier, res, schemes, exporter, work, deadline, progress, say)
     else:
         amounts = [None] if cfg.compression is not None else list(cfg.amount_list)
-        for amount in amounts:
+        if executor is not None:  # each (amount, scheme) elsewhere, on its own: a one-trial grid (tune_ray)
+            res.trials = list(executor.run(cfg, [(a, s) for a in cfg.amount_list for s in schemes], work, say))
+        for amount in amounts if executor is None else ():
             _grid_trials(cfg, model, data, classifier, res, amount, schemes, exporter, work, progress, say)
         _pareto(res.trials, next(iter(cfg.floor), "top1_agreement"), ("size_bytes", "latency_ms"))
         ok = [t for t in res.trials if t.meets_floor]

@@ -15,17 +15,24 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from mpk.errors import DataError, ModelError, UsageError
-from packager.data.images import load_image_dir
+from mpk.files import installed_version, sha256_file
+from packager.data.images import IMAGE_SUFFIXES, load_image_dir
 from packager.models.loaders import example_shape
-from packager.types import Dataset, LoadedModel, TensorSpec
+from packager.types import Dataset, LoadedModel, ModelInfo, TensorSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from packager.cache import Cache
 
 Purpose = Literal["calibration", "evaluation"]
+#: data needs only the model's inputs, preprocessing and source, so the facts of an unloaded model will do
+ModelLike = ModelInfo | LoadedModel
 
 
 def _check_sample(spec: TensorSpec, arr: np.ndarray, where: str) -> np.ndarray:
@@ -37,7 +44,7 @@ def _check_sample(spec: TensorSpec, arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def _split_arrays(
-    arrays: dict[str, np.ndarray], model: LoadedModel, where: str, count: int | None
+    arrays: dict[str, np.ndarray], model: ModelLike, where: str, count: int | None
 ) -> list[tuple[np.ndarray, ...]]:
     """{input name: (N, ...)} -> N samples. Accepts (N, *sample_shape) or (N, *shape_without_batch)."""
     names = [s.name for s in model.inputs]
@@ -74,7 +81,7 @@ def _labels(raw: Any, n: int, where: str) -> np.ndarray | None:
     return lab[:n]
 
 
-def _from_npz(path: Path, model: LoadedModel, count: int | None) -> Dataset:
+def _from_npz(path: Path, model: ModelLike, count: int | None) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -86,7 +93,7 @@ def _from_npz(path: Path, model: LoadedModel, count: int | None) -> Dataset:
     return Dataset(samples, str(path), labels=_labels(labels, len(samples), str(path)))
 
 
-def _from_callable(spec: str, model: LoadedModel, count: int | None) -> Dataset:
+def _from_callable(spec: str, model: ModelLike, count: int | None) -> Dataset:
     file, _, attr = spec.rpartition(":")
     path = Path(file)
     if not path.is_file():
@@ -115,7 +122,7 @@ def _from_callable(spec: str, model: LoadedModel, count: int | None) -> Dataset:
     return Dataset(samples, spec, labels=_labels(labels, len(samples), spec))
 
 
-def _random(model: LoadedModel, count: int | None, seed: int) -> Dataset:
+def _random(model: ModelLike, count: int | None, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
     n = count or 16
     samples = [
@@ -126,28 +133,57 @@ def _random(model: LoadedModel, count: int | None, seed: int) -> Dataset:
 
 def load_dataset(
     spec: str | None,
-    model: LoadedModel,
+    model: ModelLike,
     *,
     count: int | None,
     purpose: Purpose,
     seed: int = 0,
     preprocess: dict[str, Any] | None = None,
+    cache: Cache | None = None,
 ) -> Dataset:
-    """Load ``spec`` as ``count`` samples shaped for ``model``. ``preprocess`` overrides the model's own."""
+    """Load ``spec`` as ``count`` samples shaped for ``model``. ``preprocess`` overrides the model's own.
+
+    With a ``cache``, decoded images (built-in photos, an image directory) and the built-in digits split are
+    kept there, keyed by the source files' sha256, the preprocessing, the input shape and the loading code:
+    a re-run reads arrays instead of decoding and resizing every photo.
+    """
     spec = spec or "builtin"
     pp = preprocess or model.preprocess
     if spec == "builtin":
-        from packager.data.builtin import builtin_dataset
+        from packager.data.builtin import builtin_dataset, builtin_sources
 
-        return builtin_dataset(model, count=count, purpose=purpose, preprocess=pp)
+        return _memo(
+            cache,
+            lambda: {
+                "sources": builtin_sources(model, purpose),
+                "model": model.source,
+                "inputs": [s.to_dict() for s in model.inputs],
+            },
+            {"count": count, "purpose": purpose, "preprocess": pp},
+            lambda: builtin_dataset(model, count=count, purpose=purpose, preprocess=pp),
+        )
     if spec == "random":
         return _random(model, count, seed)
     path = Path(spec)
     if path.is_dir():
         if len(model.inputs) != 1:
             raise DataError(f"{spec}: an image directory feeds one input; the model has {len(model.inputs)}")
-        samples, labels = load_image_dir(path, example_shape(model.inputs[0]), pp, count)
-        return Dataset(samples, str(path), labels=labels)
+        shape = example_shape(model.inputs[0])
+
+        def from_dir() -> Dataset:
+            samples, labels = load_image_dir(path, shape, pp, count)
+            return Dataset(samples, str(path), labels=labels)
+
+        return _memo(
+            cache,
+            lambda: {
+                "sources": image_dir_sources(path),
+                "shape": list(shape),
+                "library": installed_version("scikit-image"),
+            },
+            {"count": count, "preprocess": pp, "path": str(path)},
+            from_dir,
+        )
     if path.suffix == ".npz":
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
@@ -160,6 +196,44 @@ def load_dataset(
             hint="give a directory of images, a .npz, file.py:function, 'builtin' or (explicitly) 'random'",
         )
     raise DataError(f"{spec}: not a directory, .npz or file.py:function")
+
+
+def image_dir_sources(folder: Path) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every image under ``folder``, sorted: what a decoded dataset depends on."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(p.relative_to(folder).as_posix(), sha256_file(p)) for p in files]
+
+
+def _memo(
+    cache: Cache | None,
+    sources_of: Callable[[], dict[str, Any]],
+    options: dict[str, Any],
+    build: Callable[[], Dataset],
+) -> Dataset:
+    """``build()``, or the Dataset it gave before for the same sources (file hashes, versions) and ``options``."""
+    if cache is None or not cache.enabled:
+        return build()
+    sources = sources_of()
+    if sources.get("sources") is None:
+        return build()
+    from packager.cache import code_hash, make_key
+
+    key = make_key(kind="dataset", **sources, **options, code=code_hash("data", "models/builtin.py"))
+    meta = cache.record("datasets", key)
+    arrays = cache.arrays("datasets", key) if meta is not None else None
+    if meta is not None and arrays is not None and len(arrays) == meta["inputs"] + int(meta["labelled"]):
+        k = meta["inputs"]
+        n = len(arrays[0]) if k else 0
+        samples = [tuple(arrays[i][j] for i in range(k)) for j in range(n)]
+        return Dataset(samples, meta["source"], synthetic=False, labels=arrays[k] if meta["labelled"] else None)
+    ds = build()
+    if ds.samples:
+        k = len(ds.samples[0])
+        stacked = [np.stack([s[i] for s in ds.samples]) for i in range(k)]
+        labels = [np.asarray(ds.labels)] if ds.labels is not None else []
+        cache.put_arrays("datasets", key, stacked + labels)
+        cache.put_record("datasets", key, {"source": ds.source, "inputs": k, "labelled": ds.labels is not None})
+    return ds
 
 
 __all__ = ["ModelError", "load_dataset"]

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import DataError
+from mpk.files import installed_version, sha256_file
 from packager.data.images import read_image, resize_shorter, to_input
 from packager.models.loaders import example_shape
-from packager.types import Dataset, LoadedModel
+from packager.types import Dataset, LoadedModel, ModelInfo
 
 SKIMAGE_PHOTOS = (
     "chelsea.png",
@@ -114,8 +115,36 @@ def _digits(count: int | None, purpose: str) -> Dataset:
     )
 
 
+def builtin_sources(model: ModelInfo | LoadedModel, purpose: str) -> dict[str, Any] | None:
+    """What a built-in dataset is made of, for its cache key: the source files' sha256 and the versions of
+    the libraries that decode them. None for a model without built-in data (the load then says so)."""
+
+    name = model.source.get("spec") if model.source.get("kind") == "builtin" else None
+    if name == "digits-cnn":
+        import importlib.util
+
+        spec = importlib.util.find_spec("sklearn")
+        folder = Path(spec.origin).parent / "datasets" / "data" if spec and spec.origin else None
+        if folder is None or not (folder / "digits.csv.gz").is_file():
+            return None
+        return {
+            "digits.csv.gz": sha256_file(folder / "digits.csv.gz"),
+            "scikit-learn": installed_version("scikit-learn"),
+        }
+    if name == "efficientnet-lite0":
+        import importlib.util
+
+        spec = importlib.util.find_spec("skimage")
+        if spec is None or spec.origin is None:
+            return None
+        folder = Path(spec.origin).parent / "data"
+        photos = {n: sha256_file(folder / n) for n in SKIMAGE_PHOTOS if (folder / n).is_file()}
+        return {"photos": photos, "scikit-image": installed_version("scikit-image")} if photos else None
+    return None
+
+
 def builtin_dataset(
-    model: LoadedModel, *, count: int | None, purpose: str, preprocess: dict[str, Any] | None
+    model: ModelInfo | LoadedModel, *, count: int | None, purpose: str, preprocess: dict[str, Any] | None
 ) -> Dataset:
     name = model.source.get("spec") if model.source.get("kind") == "builtin" else None
     if name == "digits-cnn":
@@ -124,5 +153,5 @@ def builtin_dataset(
         return photo_views(SKIMAGE_PHOTOS, example_shape(model.inputs[0]), preprocess, count, purpose)
     raise DataError(
         f"model {model.name!r} has no built-in {purpose} data",
-        hint=f"pass --{purpose} DIR|FILE.npz|file.py:fn (or --calibration random to accept synthetic noise)",
+        hint=f"pass --{purpose} DIR|FILE.npz|file.py:fn (or --{purpose} random to accept synthetic noise)",
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,6 +29,11 @@ class Exporter(abc.ABC):
     name: str
     #: file suffix of the main artifact: ".pte", ".onnx", ".mlpackage"
     suffix: str
+    #: int8: "auto" keeps the worst layers in float until the calibration outputs meet the tolerance; "off" does not
+    #: (recipe ``float_fallback``, set by the pipeline)
+    float_fallback: str = "off"
+    #: the recipe's tolerance overrides (scheme -> {key: value}), for the float-fallback check
+    tolerance_overrides: dict[str, dict[str, float]] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     @abc.abstractmethod
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
@@ -46,19 +51,17 @@ class Exporter(abc.ABC):
     def can_run_on_host(self) -> bool:
         return True
 
+    def open_reference(self, path: Path, *, threads: int | None = None) -> HostSession | None:
+        """The artifact evaluated as its format defines it, whatever kernels this CPU picks; None when the
+        host runtime's own result is that already (the default). See :func:`packager.verify.verify_artifact`."""
+        return None
+
+    def weight_check(self, artifact: ExportedArtifact) -> dict[str, Any] | None:
+        """A check of the artifact's stored weights that needs no runtime (CoreML off macOS); None if none."""
+        return None
+
 
 # --- helpers shared by the exporters (torch imported lazily, inside each function) ---------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks so a 100 MB artifact does not sit in memory twice."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dynamic_shapes(model: LoadedModel) -> tuple[dict[int, object], ...] | None:
@@ -93,12 +96,16 @@ def describe_failure(exc: BaseException) -> str:
     """
     import re
 
-    text = str(exc) or type(exc).__name__
+    text = strip_ansi(str(exc)) or type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     head = lines[0] if lines else type(exc).__name__
     if len(head) > 300:
         head = head[:297] + "..."
     parts = [f"{type(exc).__name__}: {head}"]
+    located = getattr(exc, "mpk_where", None)  # set where mpk ran the graph node by node (locate_node)
+    if located:
+        parts.append(located)
+        return "; ".join(parts)
     op = re.search(r"\b(aten|quantized_decomposed|torchao|prims|edge)\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", text)
     if op and op.group(0) not in head:
         parts.append(f"operator {op.group(0)}")
@@ -106,6 +113,67 @@ def describe_failure(exc: BaseException) -> str:
     if where:
         parts.append(where)
     return "; ".join(parts)
+
+
+_ANSI = None
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (torch.onnx's messages carry them; a manifest must not)."""
+    import re
+
+    global _ANSI
+    if _ANSI is None:
+        _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+    return _ANSI.sub("", text)
+
+
+def locate_node(gm: Any, sample: tuple[Any, ...]) -> str | None:
+    """Run ``gm`` (a torch.fx GraphModule) node by node on ``sample``; when a node raises, one phrase naming it:
+    ``operator aten.index.Tensor in embeddings.position_embeddings (modeling_bert.py:123)``. None when it runs.
+
+    A failure inside a captured graph otherwise points at the wrapper's ``forward`` that called it.
+    """
+    import torch
+
+    failed: list[Any] = []
+
+    class Locator(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            try:
+                return super().run_node(n)
+            except Exception:
+                if not failed:
+                    failed.append(n)
+                raise
+
+    try:
+        with torch.no_grad():
+            Locator(gm).run(*sample)
+    except Exception:
+        pass
+    if not failed:
+        return None
+    return describe_node(failed[0])
+
+
+def describe_node(n: Any) -> str:
+    """``operator aten.linear.default in encoder.layer.0.output.dense (modeling_bert.py:412)`` for a torch.fx node."""
+    import torch
+
+    from packager.export.layer_errors import module_path, source_line
+
+    target = n.target if isinstance(n.target, torch._ops.OpOverload) else getattr(n.target, "_op", n.target)
+    name = getattr(target, "name", None)
+    op = str(name()).replace("::", ".") if callable(name) else getattr(target, "__name__", str(target))
+    where = module_path(n.meta.get("nn_module_stack"))
+    src = source_line(n.meta.get("stack_trace"))
+    text = f"operator {op}"
+    if where:
+        text += f" in {where}"
+    if src:
+        text += f" ({src})"
+    return text
 
 
 def _is_library(file: str) -> bool:

@@ -24,6 +24,9 @@ same for ExecuTorch's PT2E int8.
 
 The corrected bias stays an int32 tensor with ORT's scale (input scale x weight scale), so the graph is
 the same QDQ graph ORT's kernels fuse. Only bias values change.
+
+Every measurement of the quantized model evaluates its graph as written, not through this host's fused int8
+kernels (see :func:`_session`): the correction, and the guard's decision, are the same on every CPU.
 """
 
 from __future__ import annotations
@@ -55,23 +58,46 @@ def _with_outputs(model: Any, names: list[str]) -> bytes:
 
 
 def _session(model_bytes: bytes) -> Any:
+    """The model evaluated as its graph says, the same on every CPU (``onnx_reference.reference_model``).
+
+    Measured through the host's fused int8 kernels instead, the correction would fit whatever this CPU's
+    kernel computes: on an x86 without VNNI those saturate (:mod:`mpk.hostcpu`), so the biases, and the
+    guard's verdict, would change with the machine that packaged the model.
+    """
+    import onnx
     import onnxruntime as ort
 
+    from packager.export.onnx_reference import reference_model
+
+    reference = reference_model(onnx.load_from_string(model_bytes))
+    if reference is None:
+        raise ValueError("the quantized graph holds integer ops that cannot be evaluated exactly")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(reference, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _channel_means(model: Any, names: list[str], feeds: list[Feed]) -> list[np.ndarray]:
     """Per-channel (axis 1) mean of each tensor in ``names`` over all samples and all other axes."""
+    return _means_and_outputs(model, names, feeds)[0]
+
+
+def _means_and_outputs(
+    model: Any, names: list[str], feeds: list[Feed]
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """:func:`_channel_means` of ``names`` and, from the same runs, the graph's outputs per sample."""
+    outputs = [o.name for o in model.graph.output]
+    fetch = list(dict.fromkeys(outputs + names))
     sess = _session(_with_outputs(model, names))
-    sums: list[np.ndarray | None] = [None] * len(names)
+    sums: list[np.ndarray] = []
+    per_sample = []
     for feed in feeds:
-        for k, out in enumerate(sess.run(names, feed)):
-            t = np.asarray(out, dtype=np.float64)
-            m = t.mean(axis=tuple(a for a in range(t.ndim) if a != 1))
-            sums[k] = m if sums[k] is None else sums[k] + m
-    return [s / len(feeds) for s in sums]  # type: ignore[operator]
+        got = dict(zip(fetch, sess.run(fetch, feed), strict=True))
+        means = [_per_channel_mean(got[n]) for n in names]
+        sums = means if not sums else [a + b for a, b in zip(sums, means, strict=True)]
+        per_sample.append([np.asarray(got[o], np.float64) for o in outputs])
+    return [m / len(feeds) for m in sums], per_sample
 
 
 def _outputs(model_bytes: bytes, feeds: list[Feed]) -> list[list[np.ndarray]]:
@@ -121,17 +147,23 @@ class _Bias:
     def __init__(self, init: Any, scale: np.ndarray | None) -> None:
         self.init, self.scale = init, scale
 
-    def subtract(self, delta: np.ndarray) -> None:
+    def subtract(self, delta: np.ndarray) -> np.ndarray:
+        """Take ``delta`` off the bias, as closely as its int32 grid allows; returns what was taken off (float)."""
         from onnx import numpy_helper
 
         value = numpy_helper.to_array(self.init)
         if self.scale is None:
             new = (value.astype(np.float64) - delta).astype(value.dtype)
+            taken = value.astype(np.float64) - new.astype(np.float64)
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 step = np.where(self.scale != 0, np.round(delta / self.scale), 0)
             new = np.clip(value.astype(np.int64) - step.astype(np.int64), _INT32.min, _INT32.max).astype(np.int32)
+            # what DequantizeLinear makes of the two biases, in float32 as ORT computes it
+            scale = self.scale.astype(np.float32)
+            taken = value.astype(np.float32) * scale - new.astype(np.float32) * scale
         self.init.CopyFrom(numpy_helper.from_array(new.reshape(value.shape), self.init.name))
+        return np.asarray(taken, np.float64).reshape(-1)
 
 
 def _conv_targets(fp32: Any, quant: Any) -> tuple[list[tuple[str, str, _Bias]], int]:
@@ -177,22 +209,140 @@ def sequential_correction(
 
     After it, every corrected Conv's per-channel output mean on ``feeds`` matches fp32's to within half a
     bias step, because a Conv is measured only after every Conv before it has been corrected.
+
+    One pass over the graph, not one run of the whole model per Conv: the quantized graph is run segment by
+    segment up to each Conv's output, on all samples (:class:`_Walk`); the Conv's bias is corrected, and the
+    same per-channel step is taken off the output already computed, so every later node sees the corrected
+    Conv. That is exactly what re-running the corrected model would compute (a Conv adds its bias last),
+    up to float rounding, at the cost of one forward pass instead of one per Conv.
     """
+    corrected, layers, left_out, _, _ = _correct(fp32, quant, feeds, on_layer)
+    return corrected, layers, left_out
+
+
+def _correct(
+    fp32: Any, quant: Any, feeds: list[Feed], on_layer: Callable[[int, int], None] | None
+) -> tuple[Any, list[dict[str, Any]], int, list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """:func:`sequential_correction`, plus fp32's outputs and the corrected model's, per sample, from the
+    same passes (the walk goes on from the last Conv to the graph outputs)."""
+    import onnx
+
+    from packager.export.onnx_reference import reference_model
+
     corrected = type(quant)()
     corrected.CopyFrom(quant)
     targets, left_out = _conv_targets(fp32, corrected)
     if not targets or not feeds:
-        return corrected, [], left_out
-    want = _channel_means(fp32, [f for _, f, _ in targets], feeds)
+        return corrected, [], left_out, [], []
+    want, fp32_outputs = _means_and_outputs(fp32, [f for _, f, _ in targets], feeds)
+    reference = reference_model(corrected)
+    if reference is None:
+        raise ValueError("the quantized graph holds integer ops that cannot be evaluated exactly")
+    walk = _Walk(onnx.load_from_string(reference), feeds)
     layers = []
     for k, ((q_name, _, bias), target_mean) in enumerate(zip(targets, want, strict=True)):
-        (got_mean,) = _channel_means(corrected, [q_name], feeds)
+        values = walk.run_through(q_name)
+        got_mean = np.mean([_per_channel_mean(v) for v in values], axis=0)
         shift = got_mean - target_mean
-        bias.subtract(shift)
+        applied = bias.subtract(shift)
+        walk.adjust(q_name, applied)
         layers.append({"output": q_name, "largest_shift": float(np.max(np.abs(shift)))})
         if on_layer:
             on_layer(k + 1, len(targets))
-    return corrected, layers, left_out
+    return corrected, layers, left_out, fp32_outputs, walk.finish()
+
+
+def _per_channel_mean(t: np.ndarray) -> np.ndarray:
+    t = np.asarray(t, dtype=np.float64)
+    return t.mean(axis=tuple(a for a in range(t.ndim) if a != 1))
+
+
+class _Walk:
+    """Runs a graph's nodes in order, a segment at a time, over every sample.
+
+    Between segments it keeps, per sample, only the tensors that a later node (or a graph output) still reads,
+    so memory stays at the graph's widest cut, not its every activation. Each segment is a small model of its
+    own: those live tensors in, the segment's nodes and initializers, the tensors later nodes need out. It
+    runs unoptimised, as :func:`_session` does.
+    """
+
+    def __init__(self, model: Any, feeds: list[Feed]) -> None:
+        from onnx import shape_inference
+
+        self.model = model
+        self.nodes = list(model.graph.node)
+        self.inits = {i.name: i for i in model.graph.initializer}
+        self.producer = {o: k for k, n in enumerate(self.nodes) for o in n.output if o}
+        end = len(self.nodes)
+        self.last_use: dict[str, int] = {o.name: end for o in model.graph.output}
+        for k, node in enumerate(self.nodes):
+            for name in node.input:
+                if name:
+                    self.last_use[name] = max(self.last_use.get(name, -1), k)
+        try:
+            inferred = shape_inference.infer_shapes(model).graph
+            infos = list(inferred.value_info) + list(inferred.output) + list(inferred.input)
+        except Exception:  # types are a convenience for ORT; without them it infers its own
+            infos = []
+        self.types = {v.name: v.type.tensor_type.elem_type for v in infos if v.type.HasField("tensor_type")}
+        self.live = [dict(feed) for feed in feeds]
+        self.pos = 0
+
+    def run_through(self, name: str) -> list[np.ndarray]:
+        """Run every node up to the one producing ``name``; its value per sample."""
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        end = self.producer[name]
+        segment = self.nodes[self.pos : end + 1]
+        produced = [o for n in segment for o in n.output if o]
+        inside = set(produced)
+        needed = list(dict.fromkeys(i for n in segment for i in n.input if i and i not in inside))
+        feeds_in = [i for i in needed if i not in self.inits]
+        outputs = [o for o in produced if self.last_use.get(o, -1) > end or o == name]
+        float_ = TensorProto.FLOAT
+        graph = helper.make_graph(
+            segment,
+            "segment",
+            [
+                helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(self.live[0][i].dtype), None)
+                for i in feeds_in
+            ],
+            [helper.make_tensor_value_info(o, self.types.get(o, float_), None) for o in outputs],
+            [self.inits[i] for i in needed if i in self.inits],
+        )
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = self.model.ir_version
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        for live in self.live:
+            for o, v in zip(outputs, sess.run(outputs, {i: live[i] for i in feeds_in}), strict=True):
+                live[o] = v
+            for i in feeds_in:
+                if self.last_use.get(i, -1) <= end:
+                    del live[i]
+        self.pos = end + 1
+        return [live[name] for live in self.live]
+
+    def finish(self) -> list[list[np.ndarray]]:
+        """Run the rest of the graph; its outputs per sample."""
+        names = [o.name for o in self.model.graph.output]
+        if self.pos < len(self.nodes):
+            self.last_use.update((n, len(self.nodes)) for n in names)
+            last = max((o for o in names if o in self.producer), key=self.producer.__getitem__, default=None)
+            if last is not None and self.producer[last] >= self.pos:
+                self.run_through(last)
+        return [[np.asarray(live[n], np.float64) for n in names] for live in self.live]
+
+    def adjust(self, name: str, delta: np.ndarray) -> None:
+        """Take ``delta`` (one value per channel, axis 1) off ``name``'s computed values, as a bias change would."""
+        for live in self.live:
+            v = live[name]
+            shape = [1] * v.ndim
+            shape[1] = -1
+            live[name] = (v - delta.reshape(shape).astype(v.dtype)).astype(v.dtype)
 
 
 def correct_biases(
@@ -210,7 +360,7 @@ def correct_biases(
     """
     start = time.perf_counter()
     feeds = feeds[:MAX_SAMPLES]
-    corrected, layers, left_out = sequential_correction(fp32, quant, feeds, on_layer=on_layer)
+    corrected, layers, left_out, reference, after = _correct(fp32, quant, feeds, on_layer)
     report: dict[str, Any] = {
         "method": "empirical, sequential (Nagel et al. 2019)",
         "samples": len(feeds),
@@ -220,9 +370,7 @@ def correct_biases(
     if not layers:
         report.update(applied=False, reason="no biased Conv to correct" if feeds else "no samples")
         return quant, report
-    reference = _outputs(fp32.SerializeToString(), feeds)
     before = _outputs(quant.SerializeToString(), feeds)
-    after = _outputs(corrected.SerializeToString(), feeds)
     applied, numbers = closer_to_fp32(reference, before, after)
     report.update(
         applied=applied,

@@ -12,6 +12,7 @@ file size and quantizing them costs accuracy for nothing.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ def _tensor_types(specs: list[TensorSpec], *, with_shape: bool) -> list[Any]:
 
     out = []
     for s in specs:
-        dtype = np.float16 if s.dtype == "float16" else np.float32
+        dtype = _coreml_dtype(s.dtype)
         if not with_shape:
             # explicit dtype: with fp16 compute, outputs would otherwise turn float16 and break the IO contract
             out.append(ct.TensorType(name=s.name, dtype=dtype))
@@ -51,6 +52,47 @@ def _tensor_types(specs: list[TensorSpec], *, with_shape: bool) -> list[Any]:
                 dims.append(int(d))
         out.append(ct.TensorType(name=s.name, shape=ct.Shape(dims), dtype=dtype))
     return out
+
+
+def _coreml_dtype(dtype: str) -> Any:
+    """CoreML's dtype for a TensorSpec's: integer tensors (token ids, masks) are int32, CoreML has no int64 input;
+    floats are float32 (float16 where the model's are)."""
+    if dtype.startswith(("int", "uint")) or dtype == "bool":
+        return np.int32
+    return np.float16 if dtype == "float16" else np.float32
+
+
+#: a TensorSpec dtype -> the dtype a CoreML package declares for it (what an app binds; see _coreml_dtype)
+COREML_IO_DTYPE = {"int64": "int32", "int32": "int32", "int8": "int32", "uint8": "int32", "bool": "int32"}
+
+
+def _without_aliases(ep: Any) -> Any:
+    """Drop ``aten.alias`` nodes (a view of the whole tensor: each use can take the input itself). coremltools 9.0
+    has no converter for ``alias``, which the default decompositions leave in a Llama-like model."""
+    import torch
+
+    gm = ep.graph_module
+    changed = False
+    for node in list(gm.graph.nodes):
+        aliases = (torch.ops.aten.alias.default, torch.ops.aten.alias_copy.default)
+        if node.op == "call_function" and node.target in aliases:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return ep
+
+
+def unsupported_op(message: str) -> str | None:
+    """The operator a coremltools conversion error names (``Unsupported fx node new_ones`` -> ``new_ones``)."""
+    import re
+
+    m = re.search(r"[Uu]nsupported fx node ([\w.]+)|[Cc]onvert function for op '([^']+)' not implemented", message)
+    if not m:
+        m = re.search(r"op '([^']+)' not implemented|PyTorch convert function for op '([^']+)'", message)
+    return next((g for g in (m.groups() if m else ()) if g), None)
 
 
 def _compress(mlmodel: Any, scheme: str) -> tuple[Any, dict[str, Any]]:
@@ -129,7 +171,7 @@ def structural_check(
         for i, (g, w) in enumerate(zip(got, want, strict=False)):
             if g["name"] != w.name:
                 problems.append(f"{kind} {i}: name {g['name']!r}, expected {w.name!r}")
-            if g["dtype"] != w.dtype:
+            if g["dtype"] != COREML_IO_DTYPE.get(w.dtype, w.dtype):
                 problems.append(f"{kind} {w.name}: dtype {g['dtype']}, expected {w.dtype}")
             if g["shape"] is not None:
                 static = [d for d in w.shape]
@@ -146,6 +188,32 @@ def structural_check(
     }
 
 
+#: what mpk suggests when coremltools cannot convert an operator (the op's name as coremltools spells it)
+_WORKAROUNDS = {
+    "lstm": "coremltools' torch.export frontend has no LSTM; export the recurrent part with torch.jit.trace and "
+    "ct.convert it, or ship the ExecuTorch/ONNX artifact on iOS",
+    "gru": "coremltools' torch.export frontend has no GRU; ship the ExecuTorch/ONNX artifact on iOS",
+}
+
+
+def _conversion_failure(exc: BaseException) -> str:
+    """One line: the operator coremltools cannot convert, its version, what mpk applied and what to do."""
+    from mpk.files import installed_version
+
+    text = describe_failure(exc)
+    op = unsupported_op(str(exc))
+    version = installed_version("coremltools") or "?"
+    if op is None:
+        return f"coremltools {version} convert failed: {text}"
+    base = op.split(".")[0].lower()
+    hint = _WORKAROUNDS.get(base, f"register a composite for {op} with coremltools' register_torch_op, or rewrite it "
+                                  "in the model with ops coremltools converts")  # fmt: skip
+    return (
+        f"coremltools {version} cannot convert operator {op!r} (mpk applied: torch.export's default decompositions, "
+        f"aten.alias removed); suggested: {hint}. {text}"
+    )
+
+
 class CoreMLExporter(Exporter):
     name = "coreml"
     suffix = ".mlpackage"
@@ -156,8 +224,9 @@ class CoreMLExporter(Exporter):
 
         ep = capture(model, self.name)
         try:
-            # coremltools converts the ATen (core) opset; decompositions turn training-IR ops into it
-            ep = ep.run_decompositions({})
+            # coremltools converts the core ATen opset: the default decomposition table turns training-IR ops
+            # (new_ones, diff, ...) into it; an empty table left them, and every token model failed on them
+            ep = _without_aliases(ep.run_decompositions())
             mlmodel = ct.convert(
                 ep,
                 inputs=_tensor_types(model.inputs, with_shape=True),
@@ -168,14 +237,21 @@ class CoreMLExporter(Exporter):
                 skip_model_load=True,  # loading compiles the model, which needs macOS
             )
         except Exception as e:
-            raise ExportError(self.name, f"coremltools.convert failed: {describe_failure(e)}") from e
+            raise ExportError(self.name, _conversion_failure(e)) from e
         details: dict[str, Any] = {
             "minimum_deployment_target": "iOS16",
             "compute_precision": "float16" if scheme == "fp16" else "float32",
         }
+        from packager.export.coreml_weights import check_package, program_weights
+
+        # what the package must store: the converted program's weights before any compression
+        uncompressed = program_weights(mlmodel._mil_program)
         if scheme in ("int8", *_PALETTE_BITS):
             try:
-                mlmodel, info = _compress(mlmodel, scheme)
+                # a weight channel that is all zero gets scale 0 and 0/0 data (see coreml_weights); the weight
+                # check below proves those channels dequantize to exactly 0, so NumPy's warning is not shown
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mlmodel, info = _compress(mlmodel, scheme)
             except Exception as e:
                 raise ExportError(self.name, f"{scheme} weight compression failed: {describe_failure(e)}") from e
             details.update(info, weight_threshold=WEIGHT_THRESHOLD)
@@ -188,11 +264,13 @@ class CoreMLExporter(Exporter):
         if not check["ok"]:
             raise ExportError(self.name, "package IO does not match the model: " + "; ".join(check["problems"]))
         details["specification_version"] = check["specification_version"]
+        details["weight_check"] = check_package(path, uncompressed, scheme)
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,
             path=path,
-            inputs=list(model.inputs),
+            # what the package declares: integer inputs as int32 (CoreML has no int64 input)
+            inputs=[dataclasses.replace(s, dtype=COREML_IO_DTYPE.get(s.dtype, s.dtype)) for s in model.inputs],
             outputs=list(model.outputs),
             delegation=None,
             op_summary=mil_op_histogram(load_spec(path)),
@@ -201,6 +279,18 @@ class CoreMLExporter(Exporter):
 
     def can_run_on_host(self) -> bool:
         return sys.platform == "darwin"
+
+    def weight_check(self, artifact: ExportedArtifact) -> dict[str, Any] | None:
+        """The stored-weight check made when the package was written (:mod:`packager.export.coreml_weights`).
+
+        It compares the saved package with the program it was converted to, which only exists at export time;
+        the manifest's sha256 then ties the checked bytes to the shipped ones (a cached package is re-hashed).
+        """
+        report = artifact.details.get("weight_check")
+        if report is None:
+            return None
+        keys = ("ok", "problems", "layers", "worst_snr_db", "worst_layer", "min_snr_db", "zero_scale_channels")
+        return {k: report[k] for k in keys if k in report}
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:
         if sys.platform != "darwin":

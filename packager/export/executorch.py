@@ -1,8 +1,11 @@
 """ExecuTorch exporter: torch.export -> (PT2E int8) -> edge -> XNNPACK delegate -> ``.pte``.
 
-Static int8 is PT2E with XNNPACK's quantizer (with ReLU6 observed behind the clamp, see
-``_clamp_aware_quantizer``), calibrated on the Dataset; then the conv biases are bias-corrected on the same
-samples (:mod:`packager.export.pt2e_bias_correction`), as for ONNX. ``bias_correction=False`` skips that.
+Static int8 is PT2E with mpk's XNNPACK quantizer (:mod:`packager.export.pt2e_quantizer`: integer arithmetic kept
+integer, only linear/conv quantized in transformer-like graphs, ReLU6 observed behind the clamp), calibrated on the
+Dataset; then the conv biases are bias-corrected on the same samples (:mod:`packager.export.pt2e_bias_correction`),
+as for ONNX. ``bias_correction=False`` skips that. The int8 model is checked against fp32 on the calibration
+samples and its per-layer error table goes to the manifest; with ``float_fallback="auto"`` the worst layers stay
+float until the tolerance is met (:mod:`packager.export.layer_errors`).
 
 An operator XNNPACK cannot take is not an error: it stays in the graph and runs
 on ExecuTorch's portable kernels, which is slow on a phone. We record it in
@@ -14,33 +17,20 @@ exception lets us.
 from __future__ import annotations
 
 import collections
-import operator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mpk.errors import DataError, ExportError, UsageError
-from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes
+from packager.export import source_map
+from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes, locate_node
 from packager.export.capabilities import check_combination
 from packager.types import Dataset, ExportedArtifact, LoadedModel
 
 #: graph nodes that move data around but compute nothing; left out of the op counts
 _BOOKKEEPING = {"getitem"}
-
-
-def _op_name(target: Any) -> str:
-    """``aten.convolution.default`` style name for a call_function target (aten and edge ops alike)."""
-    if target is operator.getitem:
-        return "getitem"
-    op = getattr(target, "_op", target)  # edge ops wrap an OpOverload in ``_op``
-    name = getattr(op, "name", None)
-    if callable(name):
-        try:
-            return str(name()).replace("::", ".")
-        except Exception:  # an odd target without a schema; the generic spelling below will do
-            pass
-    return getattr(target, "__name__", None) or str(target)
 
 
 def _is_delegate_call(node: Any) -> bool:
@@ -53,25 +43,35 @@ def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int
     Returns (delegation, op_summary). ``fraction = delegated_ops / total_ops``; e.g. 40 convs
     delegated and one ``aten.nonzero`` left outside gives 40/41 = 0.976.
     """
+    from packager.export.layer_errors import module_path, source_line
+
     gm = edge_program.graph_module
     delegated: collections.Counter[str] = collections.Counter()
     undelegated: collections.Counter[str] = collections.Counter()
+    where: dict[str, list[str]] = {}
+    partitions = 0
     backends: set[str] = set()
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
         if _is_delegate_call(node):
+            partitions += 1
             lowered = getattr(gm, node.args[0].target)
             backends.add(lowered.backend_id)
             for inner in lowered.original_module.graph_module.graph.nodes:
                 if inner.op == "call_function":
-                    name = _op_name(inner.target)
+                    name = source_map.op_name(inner.target)
                     if name not in _BOOKKEEPING:
                         delegated[name] += 1
             continue
-        name = _op_name(node.target)
+        name = source_map.op_name(node.target)
         if name not in _BOOKKEEPING:
             undelegated[name] += 1
+            path = module_path(node.meta.get("nn_module_stack"))
+            src = source_line(node.meta.get("stack_trace"))
+            label = " ".join(x for x in (path, f"({src})" if src else None) if x)
+            if label and label not in where.setdefault(name, []) and len(where[name]) < 3:
+                where[name].append(label)
     n_del, n_und = sum(delegated.values()), sum(undelegated.values())
     total = n_del + n_und
     delegation = {
@@ -80,99 +80,178 @@ def delegation_summary(edge_program: Any) -> tuple[dict[str, Any], dict[str, int
         "total_ops": total,
         "fraction": round(n_del / total, 4) if total else 0.0,
         "undelegated": dict(sorted(undelegated.items())),
+        "partitions": partitions,
     }
+    if undelegated:
+        # which layers the portable-kernel ops come from (up to 3 per op), and a line a reviewer reads
+        delegation["undelegated_where"] = {k: where.get(k, []) for k in sorted(undelegated)}
+        top = ", ".join(f"{k} x{v}" for k, v in undelegated.most_common(4))
+        delegation["explanation"] = (
+            f"{n_und} of {total} ops ({100 * n_und / max(total, 1):.0f}%) run on ExecuTorch's portable kernels, "
+            f"not XNNPACK (no XNNPACK kernel for them, or they sit between delegated parts): {top}. Portable kernels "
+            f"are single-threaded reference code, and each of the {partitions} delegate calls is a boundary the "
+            "tensors cross; a phone profile (mpk bench) shows the time they take"
+        )
     return delegation, dict(sorted((delegated + undelegated).items()))
 
 
-_CLAMPS = ("hardtanh.default", "hardtanh_.default")
-_PRODUCERS = ("conv2d.default", "conv1d.default", "linear.default")
+@dataclass
+class _Quantized:
+    """One PT2E quantization: the converted module, the bias-correction report, the nodes it quantized."""
 
-
-def _clamp_aware_quantizer(config: Any) -> Any:
-    """XNNPACKQuantizer that gives conv/linear -> ReLU6 the treatment it already gives conv/linear -> ReLU.
-
-    The stock quantizer annotates ``hardtanh`` (ReLU6) as sharing its input's quantization parameters, so a
-    conv's output is observed *before* the clamp: its int8 grid spans the whole pre-clamp range (often
-    -100..100) and only a handful of steps land inside [0, 6]. On EfficientNet-Lite0 (ReLU6 after every
-    conv) that costs top-1 agreement with fp32 of ~0.78. Moving the output observer behind the clamp, as
-    for conv+relu, quantizes the values that survive: agreement ~0.96. XNNPACK fuses the clamp into the
-    conv (its output_min/max), so the lowered graph is the same shape and stays fully delegated.
-    """
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
-
-    key = "quantization_annotation"
-
-    def name_of(node: Any) -> str:
-        return str(getattr(node.target, "_opname", "")) + "." + str(getattr(node.target, "_overloadname", ""))
-
-    class ClampAwareXNNPACKQuantizer(XNNPACKQuantizer):
-        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            model = super().annotate(model)
-            for node in model.graph.nodes:
-                if node.op != "call_function" or name_of(node) not in _CLAMPS:
-                    continue
-                src = node.args[0]
-                if (
-                    isinstance(src, torch.fx.Node)
-                    and src.op == "call_function"
-                    and name_of(src) in _PRODUCERS
-                    and key in src.meta
-                    and len(src.users) == 1
-                ):
-                    src.meta[key].output_qspec = None
-                    node.meta[key] = QuantizationAnnotation(
-                        input_qspec_map={}, output_qspec=config.output_activation, _annotated=True
-                    )
-            return model
-
-    return ClampAwareXNNPACKQuantizer()
+    converted: Any
+    correction: dict[str, Any] | None
+    annotated: frozenset[str]
 
 
 def _quantize_pt2e(
-    model: LoadedModel, ep: Any, scheme: str, calibration: Dataset | None, bias_correction: bool
-) -> tuple[Any, dict[str, Any] | None]:
-    """PT2E: prepare with XNNPACKQuantizer, calibrate (static only), convert, bias-correct, re-export.
+    model: LoadedModel,
+    ep: Any,
+    scheme: str,
+    calibration: Dataset | None,
+    *,
+    bias_correction: bool,
+    float_fallback: bool,
+    tolerances: dict[str, float],
+) -> tuple[Any, dict[str, Any]]:
+    """PT2E with mpk's XNNPACK quantizer (:mod:`packager.export.pt2e_quantizer`): prepare, calibrate (static
+    only), convert, bias-correct; with ``float_fallback`` the worst layers stay float until the calibration
+    outputs meet ``tolerances`` (:func:`packager.export.layer_errors.search`). Re-exported for lowering.
 
-    Returns the quantized ExportedProgram and, for static int8, the bias-correction report.
+    Returns the quantized ExportedProgram and the quantizer's details for the manifest (policy, bias
+    correction, per-layer errors, float fallback).
     """
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from mpk.metrics import stack
+    from packager.export import layer_errors as le
     from packager.export import pt2e_bias_correction as bc
+    from packager.export import pt2e_quantizer as pq
+    from packager.verify import check, compute_metrics
 
     dynamic = scheme == "int8-dynamic"
     if not dynamic and (calibration is None or len(calibration) == 0):
         raise DataError("executorch int8 needs calibration samples (static activation ranges); none were given")
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
-    quantizer = (XNNPACKQuantizer() if dynamic else _clamp_aware_quantizer(config)).set_global(config)
-    report: dict[str, Any] | None = None
+    raw = calibration.samples if calibration is not None and len(calibration) else [model.example_inputs]
+    samples = [tuple(torch.as_tensor(np.asarray(a)) for a in sample) for sample in raw]
+    correct = bias_correction and not dynamic
+    checked = samples[:_CHECK_SAMPLES]
+    tol = {k: v for k, v in tolerances.items() if k != "max_accuracy_drop"}
     try:
-        prepared = prepare_pt2e(ep.module(), quantizer)
         with torch.no_grad():
-            # dynamic schemes need one pass to materialise observers; static ones need the calibration set
-            raw = calibration.samples if calibration is not None and len(calibration) else [model.example_inputs]
-            samples = [tuple(torch.as_tensor(np.asarray(a)) for a in sample) for sample in raw]
-            correct = bias_correction and not dynamic
-            fp32 = bc.calibrate(prepared, samples, record=bc.MAX_SAMPLES if correct else 0)
-            converted = convert_pt2e(prepared)
-            if correct:
-                report = bc.correct_biases(converted, samples, fp32)
-            elif not dynamic:
-                report = {"applied": False, "reason": "turned off (bias_correction: false)"}
+            reference = ep.module()
+            policy = pq.policy_for(reference)
+            fp32 = [bc._leaves(reference(*s)) for s in checked]
+
+            def quantize(floats: frozenset[str]) -> _Quantized:
+                quantizer = pq.make_quantizer(dynamic=dynamic, policy=policy, floats=floats)
+                prepared = prepare_pt2e(ep.module(), quantizer)
+                try:
+                    record = bc.calibrate(prepared, samples, record=bc.MAX_SAMPLES if correct else 0)
+                except Exception as e:  # name the node that failed, not the wrapper's forward that called it
+                    e.mpk_where = locate_node(prepared, samples[0])  # type: ignore[attr-defined]
+                    raise
+                converted = convert_pt2e(prepared)
+                report = None
+                if correct:
+                    report = bc.correct_biases(converted, samples, record)
+                elif not dynamic:
+                    report = {"applied": False, "reason": "turned off (bias_correction: false)"}
+                return _Quantized(converted, report, quantizer.annotated)
+
+            def evaluate(q: _Quantized) -> tuple[list[str], dict[str, Any]]:
+                got = [bc._leaves(q.converted(*s)) for s in checked]
+                metrics = compute_metrics(stack(fp32), stack(got), task=model.task)
+                return check(metrics, tol), metrics
+
+            twin: list[Any] = []  # the fp32 graph and its activations, measured once for every attempt
+
+            def layers(q: _Quantized) -> list[le.LayerError]:
+                few = samples[: le.LAYER_SAMPLES]
+                if not twin:
+                    gm = pq.fp32_twin(ep.module())
+                    twin.extend([gm, pq.activations(gm, few)])
+                return pq.layer_errors(twin[0], q.converted, few, set(q.annotated), ref=twin[1])
+
+            best, fallback = le.search(quantize, evaluate, layers, enabled=float_fallback and not dynamic)
+            rows = best.rows or layers(best.quantized)
             quantized = torch.export.export(
-                converted, tuple(model.example_inputs), dynamic_shapes=dynamic_shapes(model), strict=False
+                best.quantized.converted,
+                tuple(model.example_inputs),
+                dynamic_shapes=dynamic_shapes(model),
+                strict=False,
             )
-            return quantized, report
     except (DataError, UsageError):
         raise
     except Exception as e:
         raise ExportError("executorch", f"{scheme} quantization failed: {describe_failure(e)}") from e
+    details: dict[str, Any] = {
+        "policy": policy,
+        "policy_reason": pq.POLICY_REASONS[policy],
+        "calibration_check": {"samples": len(checked), **le._rounded(best.metrics), "missed": best.missed},
+        "layer_errors": le.table(rows, samples=min(len(samples), le.LAYER_SAMPLES), where="PT2E graph vs fp32"),
+    }
+    if best.quantized.correction is not None:
+        details["bias_correction"] = best.quantized.correction
+    if fallback is not None:
+        by_name = {r.name: r for r in rows}
+        kept = sorted(best.floats)
+        details["float_fallback"] = {
+            **fallback,
+            "layers": [
+                {"name": n, **({"module": by_name[n].module, "source": by_name[n].source, "op": by_name[n].op}
+                               if n in by_name else {})}
+                for n in kept
+            ],
+            # int8 weights are 1 byte, float ones 4: each weight element kept in float costs 3 bytes
+            "size_cost_bytes": 3 * pq.weight_elements(ep.module(), set(kept)),
+            "size_cost_estimated": True,
+        }  # fmt: skip
+    return quantized, details
+
+
+#: calibration samples the int8 model is checked on against fp32 (float fallback, the manifest's calibration_check)
+_CHECK_SAMPLES = 16
+
+
+#: more XNNPACK partitions than this and the model is left on portable kernels (see _bounded_partitioner)
+MAX_PARTITIONS = 64
+
+
+def _bounded_partitioner(base: type, limit: int) -> Any:
+    """An XNNPACK partitioner that delegates nothing when the graph would split into more than ``limit`` partitions.
+
+    Each partition is lowered on its own (a copy of the program, a re-trace, a compile), about a second each on
+    a 2-core machine. A recurrent model decomposed over its time steps splits at every op XNNPACK lacks in each
+    step (a 128-step GRU: ``aten.split_with_sizes_copy`` for its gates, ~5 per step, ~600 partitions) and lowering
+    it ran for over 10 minutes. Proposing the partitions takes well under a second, so they are counted first;
+    past ``limit`` it raises :class:`TooManyPartitions`, and the exporter lowers the program without delegation
+    (portable kernels: correct, slow on a phone), recording why.
+    """
+
+    class BoundedPartitioner(base):  # type: ignore[misc, valid-type]
+        def partition(self, exported_program: Any) -> Any:
+            result = super().partition(exported_program)
+            n = len(result.partition_tags)
+            if n <= limit:
+                return result
+            splitters = collections.Counter(
+                source_map.op_name(nd.target)
+                for nd in result.tagged_exported_program.graph.nodes
+                if nd.op == "call_function" and source_map.op_name(nd.target) not in _BOOKKEEPING
+            )
+            raise TooManyPartitions(
+                f"the graph would split into {n} XNNPACK partitions (more than {limit}; each is lowered separately, "
+                f"minutes in all): left on portable kernels. Most frequent ops: "
+                + ", ".join(f"{k} x{v}" for k, v in splitters.most_common(4))
+            )
+
+    return BoundedPartitioner()
+
+
+class TooManyPartitions(Exception):
+    """Raised by the bounded partitioner; its message is the manifest's ``not_delegated_because``."""
 
 
 class ExecuTorchExporter(Exporter):
@@ -189,14 +268,33 @@ class ExecuTorchExporter(Exporter):
         from executorch.exir import to_edge_transform_and_lower
 
         ep = capture(model, self.name)
-        correction = None
+        quantizer: dict[str, Any] = {}
         if scheme in ("int8", "int8-dynamic"):
-            ep, correction = _quantize_pt2e(model, ep, scheme, calibration, self.bias_correction)
+            from packager.verify import tolerances_for
+
+            ep, quantizer = _quantize_pt2e(
+                model,
+                ep,
+                scheme,
+                calibration,
+                bias_correction=self.bias_correction,
+                float_fallback=self.float_fallback == "auto",
+                tolerances=tolerances_for(scheme, self.tolerance_overrides),
+            )
+        partitioner = _bounded_partitioner(XnnpackPartitioner, MAX_PARTITIONS)
+        refused = None
         try:
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            try:
+                edge = to_edge_transform_and_lower(ep, partitioner=[partitioner], generate_etrecord=True)
+            except TooManyPartitions as e:
+                # XNNPACK kept ops like aten.linear whole for itself; without it they must be decomposed again
+                refused = str(e)
+                edge = to_edge_transform_and_lower(ep, generate_etrecord=True)
         except Exception as e:
             raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
         delegation, ops = delegation_summary(edge.exported_program())
+        if refused is not None:
+            delegation["not_delegated_because"] = refused
         try:
             program = edge.to_executorch()
         except Exception as e:
@@ -205,15 +303,20 @@ class ExecuTorchExporter(Exporter):
         path = out_dir / f"{model.name}-{scheme}{self.suffix}"
         path.write_bytes(program.buffer)
         details: dict[str, Any] = {"partitioner": "XnnpackPartitioner"}
+        profiling = source_map.profiling_files(source_map.write_executorch_files, model, edge, program, path,
+                                               details=details)  # fmt: skip
         if scheme != "fp32":
+            fallback = quantizer.pop("float_fallback", None)
+            details["layer_errors"] = quantizer.pop("layer_errors")
+            if fallback is not None:
+                details["float_fallback"] = fallback
             details["quantizer"] = {
-                "name": "XNNPACKQuantizer",
+                "name": "XNNPACKQuantizer (mpk: integer arithmetic kept, per-graph policy)",
                 "per_channel": True,
                 "dynamic": scheme == "int8-dynamic",
                 "calibration_samples": len(calibration) if calibration is not None and scheme == "int8" else 0,
+                **quantizer,
             }
-            if correction is not None:
-                details["quantizer"]["bias_correction"] = correction
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,
@@ -223,6 +326,7 @@ class ExecuTorchExporter(Exporter):
             delegation=delegation,
             op_summary=ops,
             details=details,
+            profiling_files=profiling,
         )
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:

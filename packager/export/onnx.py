@@ -22,14 +22,25 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import DataError, ExportError, UsageError
+from packager.export import source_map
 from packager.export.base import Exporter, HostSession, capture, describe_failure
 from packager.export.capabilities import check_combination
+from packager.export.onnx_reference import INTEGER_OPS, reference_model
 from packager.types import Dataset, ExportedArtifact, LoadedModel
 
 #: stay well under protobuf's 2 GiB limit; past this, weights go to external data
 _SINGLE_FILE_LIMIT = 1_800_000_000
 #: dynamic quantization only of matmul-like ops: ORT's CPU ConvInteger has no int8-weight kernel
 _DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
+#: calibration samples the int8 model is checked on against the fp32 graph (float fallback, calibration_check)
+_CHECK_SAMPLES = 16
+
+
+def _run(model: Path | bytes, feeds: list[dict[str, np.ndarray]], *, optimize: bool) -> list[list[np.ndarray]]:
+    """Outputs per feed of ``model`` on ONNX Runtime (unoptimised: the graph as written)."""
+    sess = OnnxSession(model, optimize=optimize)
+    names = sess._names
+    return [sess.run(tuple(f[n] for n in names)) for f in feeds]
 
 
 def op_histogram(model_proto: Any) -> dict[str, int]:
@@ -48,15 +59,23 @@ def _preprocess(src: Path, external: bool) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = src.with_name(src.name.replace(".fp32.onnx", ".pre.onnx"))
-    quant_pre_process(str(src), str(pre), save_as_external_data=external)
+    try:
+        quant_pre_process(str(src), str(pre), save_as_external_data=external)
+    except TypeError:
+        # ORT's symbolic shape inference crashes on some graphs ("object of type 'NoneType' has no len()", seen on
+        # an HF Whisper encoder and an LSTM); ONNX's own shape inference and the fusions still run without it
+        quant_pre_process(str(src), str(pre), save_as_external_data=external, skip_symbolic_shape=True)
     return pre
 
 
 def _feeds(names: list[str], dataset: Dataset) -> list[dict[str, np.ndarray]]:
-    """One onnxruntime feed dict (input name -> float32 array) per sample."""
-    return [
-        {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(names, s, strict=True)} for s in dataset.samples
-    ]
+    """One onnxruntime feed dict (input name -> array) per sample, each array in its own dtype.
+
+    The samples already carry the model's input dtypes (:mod:`packager.data` casts each to its TensorSpec): token
+    ids and attention masks stay int64, as the exported graph declares them. Casting them to float32 made ONNX
+    Runtime refuse every text model ("Unexpected input data type ... expected: (tensor(int64))").
+    """
+    return [{n: np.ascontiguousarray(a) for n, a in zip(names, s, strict=True)} for s in dataset.samples]
 
 
 class _Reader:
@@ -72,13 +91,26 @@ class _Reader:
         pass
 
 
+def saturation(reduce_range: bool) -> dict[str, Any]:
+    """What the int8 artifact's weights mean for CPUs' kernels (:mod:`mpk.hostcpu`), for the manifest.
+
+    uint8 activations times int8 weights, added in pairs into a saturating int16 (``vpmaddubsw``, x86 without
+    VNNI): 2 x 255 x 127 = 64,770 overflows, 2 x 255 x 64 = 32,640 (7-bit weights) does not.
+    """
+    if reduce_range:
+        return {"reduce_range": True, "saturation_safe": True}
+    return {"reduce_range": False, "saturation_safe": False}
+
+
 class OnnxExporter(Exporter):
     name = "onnx"
     suffix = ".onnx"
 
-    def __init__(self, *, bias_correction: bool = True) -> None:
+    def __init__(self, *, bias_correction: bool = True, reduce_range: bool = False) -> None:
         #: static int8 only: correct Conv biases for the mean shift int8 weights cause (recipe ``bias_correction``)
         self.bias_correction = bias_correction
+        #: int8: 7-bit weights, which no x86 int8 kernel saturates on (recipe ``onnx_reduce_range``; see saturation)
+        self.reduce_range = reduce_range
 
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
         check_combination(self.name, scheme)
@@ -94,6 +126,7 @@ class OnnxExporter(Exporter):
         try:
             if scheme == "int8":
                 details["quantizer"] = self._quantize_static(model, fp32_path, path, calibration, external)
+                details.update(details["quantizer"].pop("_extra"))
             elif scheme == "int8-dynamic":
                 details["quantizer"] = self._quantize_dynamic(fp32_path, path, external)
         except (UsageError, ExportError):
@@ -107,6 +140,7 @@ class OnnxExporter(Exporter):
         proto = onnx.load(str(path), load_external_data=False)
         details["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         extra = [path.with_name(path.name + ".data")] if external else []
+        profiling = source_map.profiling_files(source_map.write_onnx_opmap, model, path, details=details)
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,
@@ -117,6 +151,7 @@ class OnnxExporter(Exporter):
             delegation=None,
             op_summary=op_histogram(proto),
             details=details,
+            profiling_files=profiling,
         )
 
     def _to_onnx(self, model: LoadedModel, path: Path) -> bool:
@@ -148,24 +183,76 @@ class OnnxExporter(Exporter):
     def _quantize_static(
         self, model: LoadedModel, src: Path, dst: Path, calibration: Dataset | None, external: bool
     ) -> dict[str, Any]:
+        """ORT static QDQ under mpk's policy (:mod:`packager.export.onnx_layers`), bias-corrected; checked against
+        the fp32 graph on the calibration samples, with the per-layer table; float fallback when asked."""
+        import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from mpk.metrics import stack
+        from packager.export import layer_errors as le
+        from packager.export import onnx_layers as ol
+        from packager.verify import check, compute_metrics, tolerances_for
 
         assert calibration is not None  # checked by export()
         pre = _preprocess(src, external)
+        pre_proto = onnx.load(str(pre), load_external_data=False)
+        policy = ol.policy_for(pre_proto)
+        options = ol.quantize_options(pre_proto, policy)
         # bias correction edits the model in memory; past protobuf's 2 GB it cannot be serialized whole
         correct = self.bias_correction and not external
-        plain = dst.with_name(f".{dst.stem}.plain{dst.suffix}") if correct else dst
-        quantize_static(
-            str(pre),
-            str(plain),
-            _Reader([s.name for s in model.inputs], calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            use_external_data_format=external,
-        )
+        names = [s.name for s in model.inputs]
+        feeds = _feeds(names, calibration)
+        checked = feeds[:_CHECK_SAMPLES]
+        fp32_outs = [list(o) for o in _run(pre, checked, optimize=True)]
+        tol = {k: v for k, v in tolerances_for("int8", self.tolerance_overrides).items() if k != "max_accuracy_drop"}
+        attempts: list[Path] = []
+
+        def quantize(floats: frozenset[str]) -> tuple[Path, dict[str, Any] | None]:
+            out = dst.with_name(f".{dst.stem}.try{len(attempts)}{dst.suffix}")
+            attempts.append(out)
+            plain = out.with_name(f"{out.stem}.plain{out.suffix}") if correct else out
+            quantize_static(
+                str(pre),
+                str(plain),
+                _Reader(names, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                use_external_data_format=external,
+                op_types_to_quantize=options["op_types_to_quantize"],
+                reduce_range=self.reduce_range,
+                nodes_to_exclude=[*options["nodes_to_exclude"], *sorted(floats)],
+            )
+            correction = self._correct_biases(model, pre, plain, out, calibration) if correct else None
+            return out, correction
+
+        def evaluate(q: tuple[Path, dict[str, Any] | None]) -> tuple[list[str], dict[str, Any]]:
+            from packager.export.onnx_reference import reference_model
+
+            ref = reference_model(onnx.load(str(q[0])))
+            got = [list(o) for o in _run(ref if ref is not None else q[0], checked, optimize=ref is None)]
+            metrics = compute_metrics(stack(fp32_outs), stack(got), task=model.task)
+            return check(metrics, tol), metrics
+
+        fp32_acts: list[dict[str, list]] = []  # measured once for every attempt
+
+        def layers(q: tuple[Path, dict[str, Any] | None]) -> list[le.LayerError]:
+            few = feeds[: le.LAYER_SAMPLES]
+            if not fp32_acts:
+                fp32_acts.append(ol.fp32_activations(pre, few))
+            return ol.layer_errors(pre, onnx.load(str(q[0])), few, want=fp32_acts[0])
+
+        try:
+            auto = self.float_fallback == "auto" and not external
+            best, fallback = le.search(quantize, evaluate, layers, enabled=auto)
+            rows = best.rows or layers(best.quantized)
+            first_size = attempts[0].stat().st_size
+            best.quantized[0].replace(dst)
+        finally:
+            for p in attempts:
+                p.unlink(missing_ok=True)
         details: dict[str, Any] = {
             "name": "quantize_static",
             "format": "QDQ",
@@ -174,13 +261,34 @@ class OnnxExporter(Exporter):
             "weight_type": "QInt8",
             "calibrate_method": "MinMax",
             "calibration_samples": len(calibration),
+            **saturation(self.reduce_range),
+            "policy": policy,
+            "policy_reason": ol.POLICY_REASONS[policy],
+            "op_types_to_quantize": options["op_types_to_quantize"] or "ONNX Runtime's default",
+            "calibration_check": {"samples": len(checked), **le._rounded(best.metrics), "missed": best.missed},
         }
         if correct:
-            details["bias_correction"] = self._correct_biases(model, pre, plain, dst, calibration)
+            details["bias_correction"] = best.quantized[1]
         elif self.bias_correction:
             details["bias_correction"] = {"applied": False, "reason": "model too large for in-memory correction"}
         else:
             details["bias_correction"] = {"applied": False, "reason": "turned off (bias_correction: false)"}
+        extra: dict[str, Any] = {
+            "layer_errors": le.table(rows, samples=min(len(feeds), le.LAYER_SAMPLES), where="ONNX QDQ graph vs fp32")
+        }
+        if fallback is not None:
+            by_name = {r.name: r for r in rows}
+            extra["float_fallback"] = {
+                **fallback,
+                "layers": [
+                    {"name": n, **({"module": by_name[n].module, "source": by_name[n].source, "op": by_name[n].op}
+                                   if n in by_name else {})}
+                    for n in sorted(best.floats)
+                ],
+                "size_cost_bytes": dst.stat().st_size - first_size,
+                "size_cost_estimated": False,
+            }  # fmt: skip
+        details["_extra"] = extra
         return details
 
     @staticmethod
@@ -189,6 +297,8 @@ class OnnxExporter(Exporter):
 
         from packager.export.bias_correction import correct_biases
 
+        if plain == dst:  # pragma: no cover - only called when correcting
+            return {"applied": False}
         feeds = _feeds([s.name for s in model.inputs], calibration)
         try:
             out, report = correct_biases(onnx.load(str(fp32)), onnx.load(str(plain)), feeds)
@@ -208,31 +318,65 @@ class OnnxExporter(Exporter):
             per_channel=True,
             weight_type=QuantType.QInt8,
             use_external_data_format=external,
+            reduce_range=self.reduce_range,
         )
-        return {"name": "quantize_dynamic", "per_channel": True, "weight_type": "QInt8", "ops": _DYNAMIC_OPS}
+        return {"name": "quantize_dynamic", "per_channel": True, "weight_type": "QInt8", "ops": _DYNAMIC_OPS,
+                **saturation(self.reduce_range)}  # fmt: skip
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:
         return OnnxSession(path, threads=threads)
+
+    def open_reference(self, path: Path, *, threads: int | None = None) -> HostSession | None:
+        """The artifact's arithmetic as its graph defines it, on any CPU (see :func:`reference_model`).
+
+        None for a float model (the host runtime computes that already) or one with an integer op this
+        module cannot evaluate exactly.
+        """
+        import onnx
+
+        proto = onnx.load(str(path))
+        if not INTEGER_OPS & {n.op_type for n in proto.graph.node} and not any(
+            n.op_type == "DequantizeLinear" for n in proto.graph.node
+        ):
+            return None
+        ref = reference_model(proto)
+        if ref is None:
+            return None
+        return OnnxSession(ref, threads=threads, optimize=False)
 
 
 class OnnxSession:
     """An ``.onnx`` loaded into an onnxruntime CPU InferenceSession."""
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path | bytes, *, threads: int | None = None, optimize: bool = True,
+                 profile_prefix: str | None = None) -> None:  # fmt: skip
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if profile_prefix:  # per-node timings (packager/profiling.py); the options are otherwise the timed ones
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        if not optimize:  # evaluate the graph as written (see reference_model)
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3  # warnings about unused initializers are noise here
+        source = path if isinstance(path, bytes) else str(path)
+        shown = "the reference graph" if isinstance(path, bytes) else str(path)
         try:
-            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise UsageError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            raise UsageError(
+                f"{shown}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from e
         self._names = [i.name for i in self._sess.get_inputs()]
 
     def run(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         if len(inputs) != len(self._names):
             raise UsageError(f"model takes {len(self._names)} input(s) {self._names}, got {len(inputs)}")
         return list(self._sess.run(None, dict(zip(self._names, inputs, strict=True))))
+
+    def end_profiling(self) -> str:
+        """Stop profiling (a session made with ``profile_prefix``) and return the JSON file ORT wrote."""
+        return str(self._sess.end_profiling())

@@ -104,6 +104,25 @@ def _bias_of(node: Any) -> Any:
     return None
 
 
+def _own_biases(converted: Any, targets: list[Any]) -> None:
+    """Give each target conv's bias a tensor of its own before correcting it in place.
+
+    ``convert_pt2e`` keeps a float conv bias as the *same* tensor as the user's module parameter: corrected in
+    place, it changed the model that every later export of the same run read (an fp32 artifact then carried the
+    int8 shifts, 61 dB SNR against PyTorch instead of > 100).
+    """
+    import torch
+
+    for n in targets:
+        path = _bias_of(n).target
+        owner_path, _, name = path.rpartition(".")
+        owner = converted.get_submodule(owner_path) if owner_path else converted
+        tensor = getattr(owner, name)
+        copy = tensor.detach().clone()
+        setattr(owner, name, torch.nn.Parameter(copy, requires_grad=False) if isinstance(tensor, torch.nn.Parameter)
+                else copy)  # fmt: skip
+
+
 def sequential_correction(
     converted: Any,
     samples: Sequence[tuple[Any, ...]],
@@ -186,6 +205,7 @@ def correct_biases(
         reason = "no samples" if not samples else "no biased Conv to correct"
         report.update(layers=0, layers_left_out=convs, applied=False, reason=reason)
         return report
+    _own_biases(converted, targets)
     saved = {n.name: _attr(converted, _bias_of(n).target).detach().clone() for n in targets}
 
     def put_back() -> None:

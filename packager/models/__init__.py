@@ -14,12 +14,33 @@ that cannot run on its example input, is a ModelError (exit 5).
 
 from __future__ import annotations
 
-from mpk.registry import Registry
+import hashlib
+from pathlib import Path
+
 from packager.models.loaders import load_model, parse_input_shapes
+from packager.models.registry import BUILTIN_MODELS
 
-#: built-in model name -> "module:function" returning a LoadedModel. Lazy so listing names imports no torch.
-BUILTIN_MODELS: Registry[object] = Registry("model", object)
-BUILTIN_MODELS.register("efficientnet-lite0", "packager.models.builtin:efficientnet_lite0")
-BUILTIN_MODELS.register("digits-cnn", "packager.models.builtin:digits_cnn")
 
-__all__ = ["BUILTIN_MODELS", "load_model", "parse_input_shapes"]
+def model_fingerprint(spec: str) -> str | None:
+    """A string that changes whenever what ``spec`` loads as could change, computed without torch; None where
+    only loading can tell (a factory runs arbitrary code, so its model is loaded every time).
+
+    Built-ins: their weights file, loading code and package versions (:func:`packager.models.builtin.fingerprint`).
+    ``.pt2``: the file's bytes and the loading code. Library versions are added by the cache key.
+    """
+    if spec in BUILTIN_MODELS:
+        from packager.models.builtin import fingerprint
+
+        return fingerprint(spec)
+    if spec.endswith(".pt2") and Path(spec).is_file():
+        from packager.cache import code_hash
+
+        h = hashlib.sha256(code_hash("models/loaders.py").encode())
+        with Path(spec).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    return None
+
+
+__all__ = ["BUILTIN_MODELS", "load_model", "model_fingerprint", "parse_input_shapes"]

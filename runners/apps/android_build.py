@@ -6,8 +6,8 @@ gets one message listing everything to fix (exit 4, infrastructure):
 - an Android SDK: ``ANDROID_HOME`` or ``ANDROID_SDK_ROOT`` (or ``sdk.dir`` in
   android_app/local.properties) pointing at an existing directory,
 - a JDK 17 or newer (``JAVA_HOME``, else ``java`` and ``javac`` on PATH),
-- android_app/gradle/wrapper/gradle-wrapper.jar, which mpk does not commit
-  (a prebuilt binary); ``gradle wrapper`` with a local Gradle creates it.
+- android_app/gradle/wrapper/gradle-wrapper.jar, committed with the app (written by
+  Debian's gradle 4.4.1; it downloads the pinned, checksummed Gradle 8.10.2).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +93,10 @@ def check_android_toolchain(app_dir: Path = ANDROID_APP, env: dict[str, str] | N
         problems.append(f"JDK {major} at {java} is too old -- the Android Gradle plugin needs JDK {MIN_JDK}+")
     jar = app_dir / "gradle" / "wrapper" / "gradle-wrapper.jar"
     if not jar.is_file():
+        rel = jar.relative_to(app_dir.parent)
         problems.append(
-            f"{jar.relative_to(app_dir.parent) if app_dir.parent in jar.parents else jar} is missing "
-            f"(mpk does not commit this prebuilt jar) -- run `gradle wrapper --gradle-version 8.10.2` in "
-            f"{app_dir} with a locally installed Gradle, or open android_app/ once in Android Studio"
+            f"{rel} is missing (it is committed) -- restore it with `git checkout -- {rel}` "
+            f"or regenerate it in {app_dir} with `gradle wrapper --gradle-version 8.10.2`"
         )
     return Toolchain(sdk, java, major, jar, tuple(problems))
 
@@ -135,22 +134,37 @@ def build_android(
     return apk
 
 
-def build_ios(*, app_dir: Path = IOS_APP, timeout_s: float = 3600) -> Path:
-    """Compile and test the iOS package's BenchmarkCore with SwiftPM (macOS only); returns the package dir.
+def _swift_toolchain() -> str | None:
+    """``swift`` on PATH when it is Apple's/swift.org's compiler (Debian's ``swift`` is OpenStack's client)."""
+    swift = shutil.which("swift")
+    if not swift:
+        return None
+    try:
+        out = subprocess.run([swift, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return swift if "Swift version" in out else None
 
-    The app target itself is signed and archived from Xcode (ios_app/README.md): SwiftPM cannot produce a
-    signed .app, and signing identities are the user's.
+
+def build_ios(*, app_dir: Path = IOS_APP, timeout_s: float = 3600) -> Path:
+    """Compile and test the iOS package's BenchmarkCore with SwiftPM; returns the package dir.
+
+    BenchmarkCore has no dependencies, so any Swift toolchain builds it (macOS, or Linux from swift.org). The app
+    (ios_app/MpkBenchApp) is signed and archived from Xcode (ios_app/README.md): SwiftPM cannot produce a signed
+    .app, and signing identities are the user's.
     """
-    if sys.platform != "darwin" or not shutil.which("xcrun"):
+    swift = _swift_toolchain()
+    if swift is None:
         raise RuntimeMissing(
-            f"building the iOS app needs macOS with Xcode (xcrun); this host is {sys.platform}",
-            hint="on a Mac: mpk apps build ios, then open ios_app/Package.swift in Xcode (ios_app/README.md)",
+            "building the iOS package needs a Swift toolchain (`swift build`); none is on PATH here",
+            hint="on a Mac install Xcode; on Linux a toolchain from swift.org (Debian's `swift` package is "
+            "OpenStack's client). The app itself needs Xcode (ios_app/README.md)",
         )
-    for argv in (["swift", "build", "--package-path", str(app_dir)], ["swift", "test", "--package-path", str(app_dir)]):
+    for argv in ([swift, "build", "--package-path", str(app_dir)], [swift, "test", "--package-path", str(app_dir)]):
         try:
             p = subprocess.run(argv, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise InfraError(f"{' '.join(argv[:2])} did not finish within {timeout_s:.0f} s") from None
+            raise InfraError(f"swift {argv[1]} did not finish within {timeout_s:.0f} s") from None
         if p.returncode != 0:
-            raise InfraError(f"{' '.join(argv[:2])} failed (exit {p.returncode})")
+            raise InfraError(f"swift {argv[1]} failed (exit {p.returncode})")
     return app_dir

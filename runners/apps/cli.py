@@ -15,7 +15,7 @@ def apps() -> None:
 @click.option("--variant", type=click.Choice(["release", "debug"]), default="release", show_default=True,
               help="Android build type (both are debuggable so mpk can read results with run-as).")  # fmt: skip
 def build(platform: str, variant: str) -> None:
-    """Build the Android APK (needs Android SDK + JDK 17) or the iOS package (needs macOS + Xcode).
+    """Build the Android APK (Android SDK + JDK 17) or the iOS package's BenchmarkCore (a Swift toolchain).
 
     Exit 4 with the list of what is missing when the toolchain is not there.
     """

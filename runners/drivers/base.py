@@ -5,10 +5,9 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from runners.devices import DeviceSpec
+from runners.devices import DeviceSpec
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,11 @@ class Driver(abc.ABC):
         Per-artifact failures are inside the result. Raises a DeviceError or
         RunnerError when no result could be had at all (device gone, app crashed).
         """
+
+    def cancel(self) -> None:
+        """Stop the cell this driver instance is running, on the device too (Ctrl-C in ``mpk bench``); called
+        from another thread. Default: nothing to stop."""
+        return None
 
     def temperatures(self, device: DeviceSpec) -> dict[str, float]:
         """Current temperatures (degrees C) for cool-down decisions; empty when unknown."""

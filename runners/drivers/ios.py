@@ -120,7 +120,7 @@ class IosAppDriver(Driver):
         return Probe(found, f"{udid} {'paired' if found else 'not listed by devicectl'}")
 
     def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
-        from runners.contract import validate_result
+        from mpk.contract import validate_result
 
         udid = self._require_macos(device)
         spec_dir = Path(spec_dir)

@@ -2,12 +2,13 @@
 
 ``executor_runner`` (examples/portable/executor_runner/executor_runner.cpp) runs one
 .pte ``--num_executions`` times and logs through ExecuTorch's PAL. The lines this
-module parses, as printed by ExecuTorch main at the time of writing (the 1.x
-runner; older 0.x runners lack the per-iteration line)::
+module parses, as ExecuTorch v1.4.1 prints them (v1.0.0 logs only the last line and
+has no ``--print_output`` flag, which is then dropped and the run repeated; both
+forms are checked against the quoted source in tests/fixtures/native_tools/)::
 
-    I 00:00:00.012345 executorch:executor_runner.cpp:412] Model loaded in 12.345000 ms.
-    I 00:00:00.020001 executorch:executor_runner.cpp:590] Iteration 1 of 11: 4.500000 ms
-    I 00:00:00.070001 executorch:executor_runner.cpp:600] Model executed successfully 11 time(s) in 51.000000 ms.
+    I 00:00:00.012345 executorch:executor_runner.cpp:626] Model loaded in 12.345000 ms.
+    I 00:00:00.020001 executorch:executor_runner.cpp:781] Iteration 1 of 11: 4.500000 ms
+    I 00:00:00.070001 executorch:executor_runner.cpp:791] Model executed successfully 11 time(s) in 51.000000 ms.
 
 (``%c %02u:%02u:%02u.%06lu executorch:%s:%zu] %s`` is the POSIX PAL's prefix.)
 With per-iteration lines, iteration 1 is ``first_inference_ms``, the next
@@ -302,9 +303,17 @@ def parse_executor_runner(text: str) -> ExecutorRunnerOutput:
     )
 
 
-def executor_runner_argv(binary: str, model: str, *, executions: int, threads: int | None) -> list[str]:
-    """The command line. ``--print_output none`` keeps megabytes of logits out of the log we parse."""
-    argv = [binary, f"--model_path={model}", f"--num_executions={executions}", "--print_output=none"]
+#: what gflags prints for a flag the binary does not define (runners before ExecuTorch 1.3 lack --print_output)
+_NO_PRINT_OUTPUT_FLAG = "unknown command line flag 'print_output'"
+
+
+def executor_runner_argv(
+    binary: str, model: str, *, executions: int, threads: int | None, print_output: bool = True
+) -> list[str]:
+    """The command line. ``--print_output none`` (1.3+) keeps megabytes of logits out of the log we parse."""
+    argv = [binary, f"--model_path={model}", f"--num_executions={executions}"]
+    if print_output:
+        argv.append("--print_output=none")
     if threads:
         argv.append(f"--cpu_threads={threads}")
     return argv
@@ -349,7 +358,7 @@ class NativeToolDriver(Driver):
             return Probe(False, e.format_message())
 
     def run(self, spec_dir: Path, spec: dict[str, Any], device: DeviceSpec, *, timeout_s: float = 3600) -> dict:
-        from runners.contract import validate_result
+        from mpk.contract import validate_result
         from runners.host_runner import utc_now
 
         started = utc_now()
@@ -426,6 +435,9 @@ class ExecutorRunnerDriver(NativeToolDriver):
         affinity = tuple(s["cpu_affinity"]) if s.get("cpu_affinity") else None
         argv = executor_runner_argv(binary, model, executions=1 + warmup + iterations, threads=s.get("threads"))
         ex = target.execute(argv, cwd=str(Path(model).parent), timeout=timeout_s, affinity=affinity)
+        if ex.exit_code != 0 and _NO_PRINT_OUTPUT_FLAG in ex.text:  # a 1.0-1.2 runner: ask again without it
+            argv = [a for a in argv if not a.startswith("--print_output")]
+            ex = target.execute(argv, cwd=str(Path(model).parent), timeout=timeout_s, affinity=affinity)
         out = parse_executor_runner(ex.text)
         if ex.exit_code != 0 or not out.ok:
             return None, failure(ex, "executor_runner", loaded=out.load_ms is not None)

@@ -5,9 +5,11 @@ Command (flags from its usage text): ``-m times -r N`` fixed repetitions, ``-e c
 ``-I`` generate input bindings (no test_data_set directory needed), ``-s`` print
 statistics, then ``model.onnx result_file``.
 
-What it prints (performance_runner.cc, ORT 1.1x-1.2x), parsed by
-:func:`parse_perf_test_stdout`::
+What it prints has changed over ORT's history; :func:`parse_perf_test_stdout` reads
+every form below, each checked in tests/unit/test_apps_native.py against the tool's own
+source text quoted in tests/fixtures/native_tools/ (upstream path + commit there)::
 
+    # performance_runner.cc, ORT 1.x (PerformanceRunner::Run)
     Session creation time cost: 0.0213 s
     First inference time cost: 3 ms
     Total inference time cost: 0.152 s
@@ -17,10 +19,19 @@ What it prints (performance_runner.cc, ORT 1.1x-1.2x), parsed by
     Number of inferences per second: 653.6
     Avg CPU usage: 97 %
     Peak working set size: 41541632 bytes
+    # current releases (onnxruntime/test/perftest/README.md, "Sample output")
+    Average inference time cost total: 1.52 ms
+    # PerformanceResult::DumpToFile without a result file, and its -s statistics
+    Avg CPU usage:97
+    Peak working set size:41541632
+    Runs:100
     Min Latency: 0.00141 s
-    ...
     P50 Latency: 0.00149 s
-    P90 Latency: 0.00163 s
+    # the first releases (0.x): Run() and the README's sample output
+    Total time cost:0.152
+    Total iterations:100
+    Average time cost:1.52 ms
+    P50 Latency is 0.00149sec
 
 Per-iteration samples: the stdout has only percentiles (nearest-rank, not mpk's
 linear interpolation), but ``PerformanceResult::DumpToFile`` writes one CSV row
@@ -46,20 +57,20 @@ from pathlib import Path
 from runners.drivers.native_executorch import NativeTimings, NativeToolDriver, Target, failure
 
 _NUM = r"([-+0-9.eE]+)"
-_FIELDS = {
-    "session_creation_s": rf"Session creation time cost:\s*{_NUM} s",
-    "first_inference_ms": rf"First inference time cost:\s*{_NUM} ms",
-    "total_inference_s": rf"Total inference time cost:\s*{_NUM} s",
-    "requests": rf"Total inference requests:\s*{_NUM}",
-    "average_ms": rf"Average inference time cost:\s*{_NUM} ms",
-    "peak_working_set_bytes": rf"Peak working set size:\s*{_NUM} bytes",
-    "min_s": rf"Min Latency:\s*{_NUM} s",
-    "max_s": rf"Max Latency:\s*{_NUM} s",
-    "p50_s": rf"P50 Latency:\s*{_NUM} s",
-    "p90_s": rf"P90 Latency:\s*{_NUM} s",
-    "p95_s": rf"P95 Latency:\s*{_NUM} s",
-    "p99_s": rf"P99 Latency:\s*{_NUM} s",
-    "p999_s": rf"P999 Latency:\s*{_NUM} s",
+_PERCENTILE_LABELS = (("min", "Min"), ("max", "Max"), ("p50", "P50"), ("p90", "P90"), ("p95", "P95"), ("p99", "P99"),
+                      ("p999", "P999"))  # fmt: skip
+#: every form of each summary line the tool has printed (see the module docstring); the first match wins
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "session_creation_s": (rf"Session creation time cost:\s*{_NUM} s",),
+    "first_inference_ms": (rf"First inference time cost:\s*{_NUM} ms",),
+    "total_inference_s": (rf"Total inference time cost:\s*{_NUM} s", rf"^\s*Total time cost:\s*{_NUM}\s*$"),
+    "requests": (rf"Total inference requests:\s*{_NUM}", rf"Total iterations:\s*{_NUM}", rf"^\s*Runs:\s*{_NUM}"),
+    "average_ms": (rf"Average inference time cost(?: total)?:\s*{_NUM} ms", rf"Average time cost:\s*{_NUM} ms"),
+    "peak_working_set_bytes": (rf"Peak working set size:\s*{_NUM}",),
+    **{
+        f"{key}_s": (rf"{label} Latency:\s*{_NUM} s", rf"{label} Latency is {_NUM}\s*sec?")
+        for key, label in _PERCENTILE_LABELS
+    },
 }
 _ROW = re.compile(r"^(.*),([-+0-9.eE]+),(\d+),([-+0-9.eE]+),(\d+)\s*$")
 
@@ -84,13 +95,15 @@ class PerfTestSummary:
 def parse_perf_test_stdout(text: str) -> PerfTestSummary:
     """Parse the summary lines (see the module docstring)."""
     found: dict[str, float] = {}
-    for key, pat in _FIELDS.items():
-        m = re.search(pat, text)
-        if m:
-            try:
-                found[key] = float(m.group(1))
-            except ValueError:
-                continue
+    for key, patterns in _FIELDS.items():
+        for pat in patterns:
+            m = re.search(pat, text, flags=re.M)
+            if m:
+                try:
+                    found[key] = float(m.group(1))
+                    break
+                except ValueError:
+                    continue
     pct = {k[:-2]: v for k, v in found.items() if k in ("min_s", "max_s", "p50_s", "p90_s", "p95_s", "p99_s", "p999_s")}
     req, peak = found.get("requests"), found.get("peak_working_set_bytes")
     return PerfTestSummary(

@@ -27,16 +27,18 @@ a phone's budget by accident. A rule must say ``emulated: true`` (or ``any``)
 to gate emulated cells.
 
 Unknown keys are errors: a misspelt ``p90ms`` must never switch a gate off.
+
+A pure parser: it reads no file and imports nothing of ``runners``. :mod:`runners.config`
+reads devices.yaml (or a budgets-only file) through the duplicate-key-refusing YAML loader
+and hands the ``budgets:`` list in.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from mpk.errors import ConfigError, UsageError
 from mpk.registry import suggest
 
 #: Metrics with a maximum (smaller is better). Units are in the names.
@@ -57,7 +59,8 @@ def _rank(pattern: str) -> int:
     return 1 if any(c in pattern for c in "*?[") else 2
 
 
-def _match(pattern: str, value: str | None) -> bool:
+def matches(pattern: str, value: str | None) -> bool:
+    """Whether a selector (exact name, glob, or ``"*"``) matches ``value``."""
     if pattern == "*":
         return True
     return value is not None and fnmatch.fnmatchcase(value, pattern)
@@ -79,7 +82,11 @@ class BudgetRule:
     def applies(self, *, device: str, artifact: str, model: str | None, emulated: bool) -> bool:
         if self.emulated is not None and self.emulated != emulated:
             return False
-        return _match(self.device, device) and _match(self.artifact, artifact) and _match(self.model, model)
+        return self.names(device=device, artifact=artifact, model=model)
+
+    def names(self, *, device: str, artifact: str, model: str | None) -> bool:
+        """Whether the selectors match this cell, real or emulated alike."""
+        return matches(self.device, device) and matches(self.artifact, artifact) and matches(self.model, model)
 
     def specificity(self) -> tuple[int, int, int, int, int]:
         return (_rank(self.device), _rank(self.artifact), _rank(self.model), int(self.emulated is not None), self.index)
@@ -200,54 +207,3 @@ def parse_budgets(raw: Any, where: str = "budgets") -> tuple[list[BudgetRule], l
         if len(problems) == n_before:
             rules.append(BudgetRule(limits=limits, index=i, **sel))
     return rules, problems
-
-
-def load_budgets(path: Path | str) -> list[BudgetRule]:
-    """Read the ``budgets:`` list of a devices.yaml (or of a file holding only ``budgets:``).
-
-    Raises one ConfigError listing every problem.
-
-    When the bench engineer's ``runners.devices`` loader is present, the whole
-    file is validated by it (devices, defaults and budgets together), so a
-    gate never runs on a devices.yaml that ``mpk bench`` would refuse.
-    """
-    import yaml
-
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read budgets file {p}: {e.strerror or e}") from e
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(str(p), [f"not valid YAML: {e}"]) from e
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise ConfigError(str(p), [f"expected a mapping at the top level, got {type(doc).__name__}"])
-    if "devices" in doc:
-        _validate_whole_file(p)
-    else:  # a budgets-only file: nothing else may be in it
-        extra = [
-            f"{k}: unknown key; a budgets file holds only 'budgets' (or use devices.yaml)"
-            for k in doc
-            if k != "budgets"
-        ]
-        if extra:
-            raise ConfigError(str(p), extra)
-    rules, problems = parse_budgets(doc.get("budgets"), "budgets")
-    if problems:
-        raise ConfigError(str(p), problems)
-    return rules
-
-
-def _validate_whole_file(path: Path) -> None:
-    """Let runners.devices refuse the file first when it exists; it raises the merged ConfigError."""
-    try:
-        from runners import devices as _devices
-    except ImportError:
-        return
-    loader = getattr(_devices, "load_devices", None) or getattr(_devices, "load_devices_config", None)
-    if callable(loader):
-        loader(path)

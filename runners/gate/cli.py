@@ -1,10 +1,12 @@
 """``mpk gate``, ``mpk history`` and ``mpk report``. Thin: parse flags, call one library function, print.
 
 Gate exit codes: 0 every check passed; 1 a budget failed, a regression was
-found or an artifact failed to run; 2 usage error (bad flag, unreadable or
-malformed results/budgets, unknown budget key); 3 inconclusive (nothing failed,
-some interval straddles its budget); 4 infrastructure error (a cell has no
-result because its device/runner died, and nothing failed).
+found or an artifact failed to run; 2 usage error (bad flag, unreadable,
+malformed or self-contradicting results/budgets, unknown budget key, a rule
+that names no cell); 3 inconclusive (nothing failed, some interval straddles
+its budget or has too few samples, or nothing was gated); 4 infrastructure
+error (a cell has no result because its device/runner died, or the run is
+incomplete, and nothing failed).
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def _echo_outcome(outcome) -> None:
     show_default=True,
     help="Regression: smallest median slowdown that fails (0.05 = 5%).",
 )
+@click.option(
+    "--allow-unmatched-budgets",
+    is_flag=True,
+    help="A budget rule that names no cell of this run is a warning, not an error (exit 2).",
+)
+@click.option("--force", is_flag=True, help="Replace a --report folder holding files mpk did not write.")
 @click.pass_context
 def gate(
     ctx: click.Context,
@@ -115,32 +123,22 @@ def gate(
     max_rounds: int,
     alpha: float,
     threshold: float,
+    allow_unmatched_budgets: bool,
+    force: bool,
 ) -> None:
     """Pass or fail RESULTS (a results.json from mpk bench) against budgets and history.
 
-    Exit codes: 0 pass, 1 budget failed or regression, 2 usage error, 3 inconclusive, 4 infrastructure error.
+    Exit codes: 0 pass, 1 budget failed or regression, 2 usage error (also: an inconsistent results file,
+    a budget rule that names no cell), 3 inconclusive (also: nothing was gated), 4 infrastructure error
+    (also: an incomplete run).
     """
-    from mpk.errors import UsageError
-    from runners.gate import run_gate
+    from runners.gate import GateConfig, run_gate
 
-    if budgets is None and baseline is None and not use_history:
-        raise UsageError("nothing to gate against: give --budgets, --baseline or --history")
-    outcome = run_gate(
-        results,
-        budgets=budgets,
-        baseline=baseline,
-        history=use_history,
-        db_url=db_url,
-        accept=accept,
-        report_dir=report_dir,
-        until_conclusive=until_conclusive,
-        devices=devices_file,
-        time_cap_s=time_cap_s,
-        max_rounds=max_rounds,
-        alpha=alpha,
-        threshold=threshold,
-        log=lambda m: click.echo(m, err=True),
-    )
+    config = GateConfig(results=results, budgets=budgets, baseline=baseline, history=use_history, db_url=db_url,
+                        accept=accept, report_dir=report_dir, force=force, until_conclusive=until_conclusive,
+                        devices=devices_file, time_cap_s=time_cap_s, max_rounds=max_rounds, alpha=alpha,
+                        threshold=threshold, allow_unmatched_budgets=allow_unmatched_budgets)  # fmt: skip
+    outcome = run_gate(config, log=lambda m: click.echo(m, err=True))
     _echo_outcome(outcome)
     ctx.exit(outcome.exit_code)
 
@@ -182,14 +180,23 @@ def history(device: str, artifact: str, db_url: str | None, limit: int, emulated
     help="devices.yaml with budgets to show next to the numbers.",
 )
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), help="Results file to compare with.")
-def report(results: Path, out_dir: Path, budgets: Path | None, baseline: Path | None) -> None:
-    """Write report.json, report.md, junit.xml and report.html from RESULTS.
+@click.option("--force", is_flag=True, help="Replace an --out holding files mpk did not write (kept as OUT.prev).")
+@click.pass_context
+def report(ctx: click.Context, results: Path, out_dir: Path, budgets: Path | None, baseline: Path | None,
+           force: bool) -> None:  # fmt: skip
+    """Write report.json, report.md, junit.xml and report.html from RESULTS into OUT.
 
-    Exits 0 once the reports are written, whatever the verdict (use mpk gate to gate).
+    OUT is written whole or not at all (the previous one is kept as OUT.prev). Exits 0 once the reports
+    are written, whatever the verdict (use mpk gate to gate); 2 for an unreadable or inconsistent RESULTS.
     """
-    from runners.gate import run_gate
+    from runners.gate import ReportConfig, run_report
 
-    outcome = run_gate(results, budgets=budgets, baseline=baseline, report_dir=out_dir)
-    for name, path in outcome.report_paths.items():
+    outcome = run_report(ReportConfig(results=results, out=out_dir, budgets=budgets, baseline=baseline, force=force))
+    for w in outcome.gate.warnings:
+        click.echo(click.style("warning: ", fg="yellow") + w, err=True)
+    for name, path in outcome.gate.report_paths.items():
         click.echo(f"{name}: {path}")
-    click.echo(outcome.summary)
+    if outcome.gate.previous_report is not None:
+        click.echo(f"previous contents of {out_dir} kept in {outcome.gate.previous_report}")
+    click.echo(outcome.gate.summary)
+    ctx.exit(outcome.exit_code)

@@ -25,6 +25,7 @@ from typing import Any
 from mpk.errors import RunnerError, UsageError
 from runners.gate.budgets import BudgetRule
 from runners.gate.verdict import cell_key, check_results
+from runners.matrix import run_cell
 from runners.stats import LatencyStats
 
 Measure = Callable[[dict[str, Any], int], dict[str, Any]]
@@ -107,14 +108,7 @@ def remeasure_inconclusive(
 
 
 def default_measure(manifest: Any, devices_config: Any) -> Measure:
-    """Bind ``runners.matrix.run_cell`` (the bench's one-cell runner) to a manifest and devices config."""
-    try:
-        from runners import matrix
-    except ImportError as e:
-        raise UsageError(f"--until-conclusive needs the bench runner (runners.matrix): {e}") from e
-    run_cell = getattr(matrix, "run_cell", None)
-    if run_cell is None:
-        raise UsageError("--until-conclusive needs runners.matrix.run_cell, which this install lacks")
+    """Bind :func:`runners.matrix.run_cell` (the bench's one-cell runner) to a manifest and devices config."""
     if manifest is None or devices_config is None:
         raise UsageError("--until-conclusive needs the manifest and devices.yaml the results came from")
 

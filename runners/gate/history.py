@@ -200,7 +200,7 @@ class HistoryStore:
             run_pk = int(cur.fetchone()[0])
             for cell in results.get("cells", []):
                 res = cell.get("result") or {}
-                stats = cell_stats(cell) if cell.get("status") == "ok" else None
+                stats = cell_stats(cell) if cell["outcome"] == "ok" else None
                 cur.execute(
                     self._sql(
                         "INSERT INTO cells (run_pk, device_id, ran_on, emulated, artifact_id, backend, scheme, status,"

@@ -32,9 +32,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mpk.contract import Outcome
 from mpk.errors import EXIT_CHECK_FAILED, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_OK
-from runners.gate.budgets import BudgetRule, ResolvedBudget, resolve
-from runners.stats import CONFIDENCE, LatencyStats, quantile_ci
+from runners.gate.budgets import BudgetRule, ResolvedBudget, matches, resolve
+from runners.stats import CONFIDENCE, LatencyStats, min_samples, quantile_ci
 
 Verdict = Literal["pass", "fail", "inconclusive", "error"]
 
@@ -108,12 +109,9 @@ def cell_samples(cell: dict[str, Any]) -> np.ndarray:
 
 
 def cell_stats(cell: dict[str, Any]) -> LatencyStats | None:
-    """Stats recomputed from the raw samples (they travel with the result), else the stored ones."""
+    """Stats computed here from the raw samples; None without samples (stored stats are never believed)."""
     samples = cell_samples(cell)
-    if samples.size:
-        return LatencyStats.from_samples(samples)
-    st = (cell.get("result") or {}).get("stats")
-    return LatencyStats.from_dict(st) if st else None
+    return LatencyStats.from_samples(samples) if samples.size else None
 
 
 def model_name(results: dict[str, Any]) -> str | None:
@@ -131,20 +129,6 @@ def _fmt(v: float | None, unit: str = "") -> str:
     return f"{s} {unit}".rstrip()
 
 
-def is_unsupported(cell: dict[str, Any]) -> bool:
-    """The runner could not run this backend at all (e.g. CoreML off macOS): a capability, not a failure.
-
-    Read from the runner's error kind ``unsupported``; the bench writes it as
-    ``"unsupported: ..."`` in the cell's error, or a ``result: null`` cell whose
-    error says the runner "cannot run" the backend.
-    """
-    res = cell.get("result") or {}
-    if ((res.get("error") or {}).get("kind")) == "unsupported":
-        return True
-    err = str(cell.get("error") or "")
-    return err.startswith("unsupported:") or (not res and "cannot run" in err)
-
-
 def _interval_verdict(lo: float, hi: float, budget: float, direction: str) -> Verdict:
     if direction == "max":
         if hi <= budget:
@@ -155,18 +139,17 @@ def _interval_verdict(lo: float, hi: float, budget: float, direction: str) -> Ve
     return "fail" if hi < budget else "inconclusive"
 
 
+#: latency budget metric -> the quantile it bounds
+QUANTILES = {"p50_ms": 0.50, "p90_ms": 0.90, "p99_ms": 0.99}
+
+
 def _latency_interval(cell: dict[str, Any], metric: str) -> tuple[float, tuple[float, float], int] | None:
+    """(estimate, CI, n) of a latency percentile from the cell's raw samples; None without samples."""
     stats = cell_stats(cell)
     if stats is None:
         return None
-    if metric == "p50_ms":
-        return stats.p50_ms, tuple(stats.p50_ci_ms), stats.n  # type: ignore[return-value]
-    if metric == "p90_ms":
-        return stats.p90_ms, tuple(stats.p90_ci_ms), stats.n  # type: ignore[return-value]
-    samples = np.sort(cell_samples(cell))
-    if samples.size == 0:  # stored stats only: no CI for p99 without samples, so be honest and wide
-        return stats.p99_ms, (stats.min_ms, stats.max_ms), stats.n
-    return stats.p99_ms, quantile_ci(samples, 0.99, CONFIDENCE), stats.n
+    est = {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "p99_ms": stats.p99_ms}[metric]
+    return est, quantile_ci(np.sort(cell_samples(cell)), QUANTILES[metric], CONFIDENCE), stats.n
 
 
 def _single_value(cell: dict[str, Any], metric: str, sizes: dict[str, int]) -> float | None:
@@ -210,7 +193,7 @@ def _unmeasured(
 def check_cell(
     cell: dict[str, Any], budgets: dict[str, ResolvedBudget], *, sizes: dict[str, int] | None = None
 ) -> list[Check]:
-    """Every budgeted metric of one cell. A cell that did not run yields one 'cell_ran' check."""
+    """Every budgeted metric of one cell, decided by its typed outcome (see :class:`mpk.contract.Outcome`)."""
     sizes = sizes or {}
     dev, art = str(cell.get("device_id")), str(cell.get("artifact_id"))
     base = {
@@ -219,64 +202,47 @@ def check_cell(
         "emulated": bool(cell.get("emulated")),
         "artifact_id": art,
     }
-    status = cell.get("status")
     if not budgets:
         return []
-    if status == "skipped":
-        reason = str(cell.get("error") or "skipped")
-        if reason.startswith("not applicable:"):
-            return []  # this runner has no such runtime at all (CoreML on Android): nothing to gate
+    outcome = Outcome(cell["outcome"])
+    reason = str(cell.get("error") or ((cell.get("result") or {}).get("error") or {}).get("message") or outcome)
+    if outcome in (Outcome.NOT_APPLICABLE, Outcome.UNSUPPORTED):
+        return []  # no runtime for this backend there: nothing to gate (unsupported is warned about by check_results)
+    if outcome is Outcome.SKIPPED:
         # A budgeted cell that was not measured (an absent phone, no fallback) must never pass silently.
-        return [
-            Check(
-                name=f"{dev}/{art} measured",
-                metric="measured",
-                budget=None,
-                estimate=None,
-                interval=None,
-                verdict="inconclusive",
-                message=f"not measured: {reason}",
-                **base,
-            )
-        ]
-    if status != "ok":
-        if is_unsupported(cell):
-            return []  # reported as a warning by check_results: it could not be measured here at all
-        res = cell.get("result")
-        err = cell.get("error") or ((res or {}).get("error") or {}).get("message") or "unknown error"
-        # no runner result at all: the device/transport/runner died, not the artifact
-        infra = res is None
-        verdict: Verdict = "error" if infra else "fail"
+        return [Check(name=f"{dev}/{art} measured", metric="measured", budget=None, estimate=None, interval=None,
+                      verdict="inconclusive", message=f"not measured: {reason}", **base)]  # fmt: skip
+    if outcome in (Outcome.FAILED, Outcome.INFRA_ERROR):
+        infra = outcome is Outcome.INFRA_ERROR  # no result: the device, transport or runner died, not the artifact
         what = "infrastructure error, no result" if infra else "the artifact failed to run"
-        return [
-            Check(
-                name=f"{dev}/{art} cell ran",
-                metric="cell_ran",
-                budget=None,
-                estimate=None,
-                interval=None,
-                verdict=verdict,
-                message=f"{what}: {err}",
-                **base,
-            )
-        ]
+        return [Check(name=f"{dev}/{art} cell ran", metric="cell_ran", budget=None, estimate=None, interval=None,
+                      verdict="error" if infra else "fail", message=f"{what}: {reason}", **base)]  # fmt: skip
     out: list[Check] = []
     for metric, rb in budgets.items():
+        if metric.startswith("accuracy.") and cell.get("int8_exact") is False:
+            continue  # this CPU did not compute the artifact's arithmetic: warned about by check_results
         unit = UNITS.get(metric, "")
         direction: Literal["max", "min"] = "min" if metric.startswith("accuracy.") else "max"
         name = f"{dev}/{art} {metric}"
-        if metric in ("p50_ms", "p90_ms", "p99_ms"):
+        if metric in QUANTILES:
             got = _latency_interval(cell, metric)
             if got is None:
-                out.append(_unmeasured(name, metric, rb, base, "no latency samples in the result"))
+                out.append(_unmeasured(name, metric, rb, base, "no raw latency samples in the result"))
                 continue
             est, (lo, hi), n = got
-            v = _interval_verdict(lo, hi, rb.limit, direction)
-            word = {"pass": "within", "fail": "over", "inconclusive": "straddles"}[v]
-            msg = (
-                f"{metric[:-3]} {_fmt(est, unit)}, {int(CONFIDENCE * 100)}% CI [{_fmt(lo)}, {_fmt(hi, unit)}] "
-                f"(n={n}) {word} budget {_fmt(rb.limit, unit)}"
-            )
+            need = min_samples(QUANTILES[metric], CONFIDENCE)
+            if n < need:
+                v: Verdict = "inconclusive"
+                msg = (f"{metric[:-3]} {_fmt(est, unit)} from {n} sample(s): a distribution-free "
+                       f"{int(CONFIDENCE * 100)}% CI of {metric[:-3]} needs at least {need} samples "
+                       f"(measure more: --iterations or --until-conclusive)")  # fmt: skip
+            else:
+                v = _interval_verdict(lo, hi, rb.limit, direction)
+                word = {"pass": "within", "fail": "over", "inconclusive": "straddles"}[v]
+                msg = (
+                    f"{metric[:-3]} {_fmt(est, unit)}, {int(CONFIDENCE * 100)}% CI [{_fmt(lo)}, {_fmt(hi, unit)}] "
+                    f"(n={n}) {word} budget {_fmt(rb.limit, unit)}"
+                )
             out.append(
                 Check(
                     name=name,
@@ -287,7 +253,7 @@ def check_cell(
                     verdict=v,
                     message=msg,
                     rule=rb.rule.label(),
-                    extra={"n": n},
+                    extra={"n": n, "min_n": need},
                     **base,
                 )
             )
@@ -320,43 +286,127 @@ def check_cell(
 def check_results(
     results: dict[str, Any], rules: list[BudgetRule], *, sizes: dict[str, int] | None = None
 ) -> tuple[list[Check], list[str]]:
-    """All budget checks of a results file, plus warnings (rules that matched no cell).
+    """All budget checks of a results file, plus warnings.
 
-    A rule that matches nothing is reported, because a misspelt device id in a
-    budget would otherwise switch that budget off without a word.
+    Warned about: cells whose runtime was missing where they ran (``unsupported``) under a budget, ONNX int8
+    cells measured on a CPU whose int8 kernel saturates (their accuracy is that CPU's, see :mod:`mpk.hostcpu`), and
+    rules that name cells of this run but gated none of them because the cells were the other kind
+    (a phone's rule when the phone's cells were emulated). A rule that names no cell of the run at all
+    is :func:`unmatched_rules`' business: the gate refuses it unless asked not to.
     """
     model = model_name(results)
     checks: list[Check] = []
     used: set[int] = set()
     unsupported: list[str] = []
+    saturated: list[str] = []
     for cell in results.get("cells", []):
+        sel = {"device": str(cell.get("device_id")), "artifact": str(cell.get("artifact_id")), "model": model}
         emulated = bool(cell.get("emulated"))
-        resolved = resolve(
-            rules,
-            device=str(cell.get("device_id")),
-            artifact=str(cell.get("artifact_id")),
-            model=model,
-            emulated=emulated,
-        )
-        for rb in resolved.values():
-            used.add(rb.rule.index)
-        for r in rules:
-            if r.applies(
-                device=str(cell.get("device_id")), artifact=str(cell.get("artifact_id")), model=model, emulated=emulated
-            ):
-                used.add(r.index)
+        resolved = resolve(rules, emulated=emulated, **sel)
+        used.update(r.index for r in rules if r.applies(emulated=emulated, **sel))
         checks.extend(check_cell(cell, resolved, sizes=sizes))
-        if resolved and cell.get("status") != "ok" and is_unsupported(cell):
+        if resolved and _saturating_int8(cell):
+            saturated.append(_saturation_warning(cell, resolved))
+        if resolved and cell["outcome"] == Outcome.UNSUPPORTED:
             unsupported.append(
                 f"{cell_key(cell)} could not be measured on {cell.get('ran_on') or cell.get('device_id')} "
                 f"({cell.get('error')}); its budgets are not checked"
             )
-    warnings = unsupported + [f"{r.label()} matched no cell in the results" for r in rules if r.index not in used]
+    unmatched = {r.index for r, _ in unmatched_rules(results, rules)}
+    other_kind = [r for r in rules if r.index not in used and r.index not in unmatched]
+    warnings = (
+        unsupported
+        + saturated
+        + [
+            f"{r.label()} gated nothing: it applies to {'emulated' if r.emulated else 'real'} cells and the cells it "
+            f"names ran as {'real' if r.emulated else 'emulated'} ones"
+            for r in other_kind
+        ]
+    )
     return checks, warnings
 
 
+def _saturating_int8(cell: dict[str, Any]) -> bool:
+    """An ONNX int8 cell measured on a CPU whose int8 kernel saturates (see runners/devicefacts.int8_facts)
+    that the bench did not find exact (``int8_exact``: the artifact's weights use the full int8 range)."""
+    device = cell.get("device") or {}
+    return bool(
+        cell.get("backend") == "onnx"
+        and str(cell.get("scheme", "")).startswith("int8")
+        and (device.get("int8_kernel") or {}).get("saturates")
+        and cell.get("int8_exact") is not True
+    )
+
+
+def _saturation_warning(cell: dict[str, Any], resolved: dict[str, ResolvedBudget]) -> str:
+    kernel = cell["device"]["int8_kernel"]["name"]
+    cpu = cell["device"].get("host_cpu") or cell["device"].get("model")
+    acc = (cell.get("result") or {}).get("accuracy") or {}
+    seen = f" (cosine {acc['cosine']:.4f} there)" if isinstance(acc.get("cosine"), (int, float)) else ""
+    skipped = [m for m in resolved if m.startswith("accuracy.")] if cell.get("int8_exact") is False else []
+    what = f"; its accuracy budgets ({', '.join(skipped)}) are not checked" if skipped else ""
+    return (
+        f"{cell_key(cell)} ran on {cpu}, whose ONNX Runtime int8 kernel ({kernel}) adds byte products in saturating "
+        f"16-bit pairs, and its weights use the full int8 range: the accuracy measured{seen} is that CPU's, not "
+        f"what an ARM64 phone or a VNNI CPU computes from the artifact{what} (the manifest verifies the graph's "
+        "exact arithmetic; package with --onnx-reduce-range to gate accuracy on such CPUs)"
+    )
+
+
+def unmatched_rules(results: dict[str, Any], rules: list[BudgetRule]) -> list[tuple[BudgetRule, str]]:
+    """Rules whose device/artifact/model selectors name no cell of the run at all, each with a one-line why.
+
+    Real or emulated does not count here: a phone's rule while the phone was emulated is not a typo.
+    A misspelt device id is: ``budgets[2] (device=pixle-7, ...) names no cell of this run; no device
+    'pixle-7'; did you mean 'pixel-7'?``.
+    """
+    from mpk.registry import suggest
+
+    model = model_name(results)
+    cells = results.get("cells", [])
+    devices = sorted({str(c.get("device_id")) for c in cells})
+    artifacts = sorted({str(c.get("artifact_id")) for c in cells})
+    out = []
+    for r in rules:
+        if any(r.names(device=str(c.get("device_id")), artifact=str(c.get("artifact_id")), model=model) for c in cells):
+            continue
+        why = []
+        if not any(matches(r.device, d) for d in devices):
+            why.append(suggest(r.device, devices, "device").replace("unknown", "no", 1))
+        if not any(matches(r.artifact, a) for a in artifacts):
+            why.append(suggest(r.artifact, artifacts, "artifact").replace("unknown", "no", 1))
+        if not matches(r.model, model):
+            why.append(f"the results are of model {model!r}")
+        out.append((r, f"{r.label()} names no cell of this run: {'; '.join(why) or 'no cell has that combination'}"))
+    return out
+
+
+def completeness_check(results: dict[str, Any], planned: int) -> Check | None:
+    """An incomplete run (``complete: false``: interrupted, or still running) never passes: one 'error' check."""
+    if results.get("complete"):
+        return None
+    n = len(results.get("cells", []))
+    return Check(
+        name="run complete",
+        device_id="*",
+        ran_on="*",
+        emulated=False,
+        artifact_id="*",
+        metric="complete",
+        budget=None,
+        estimate=float(n),
+        interval=None,
+        verdict="error",
+        message=f"results.json says complete: false ({n} of {planned} planned cell(s) present): the bench was "
+        "interrupted or is still running; an incomplete run never passes",
+    )
+
+
 def overall(checks: Iterable[Check]) -> Verdict:
+    """fail > error > inconclusive > pass; no check at all is inconclusive (a gate that gated nothing never passes)."""
     vs = {c.verdict for c in checks}
+    if not vs:
+        return "inconclusive"
     for v in ("fail", "error", "inconclusive"):
         if v in vs:
             return v  # type: ignore[return-value]
@@ -372,6 +422,8 @@ def exit_code(checks: Iterable[Check]) -> int:
 
 def summary_line(checks: list[Check]) -> str:
     """``FAIL: 2 failed, 1 inconclusive, 9 passed (12 checks)``: the line CI logs show first."""
+    if not checks:
+        return "INCONCLUSIVE: nothing was gated (no budget or regression check applied to any cell)"
     counts = {v: sum(1 for c in checks if c.verdict == v) for v in ("fail", "error", "inconclusive", "pass")}
     word = {"fail": "FAIL", "error": "ERROR", "inconclusive": "INCONCLUSIVE", "pass": "PASS"}[overall(checks)]
     parts = [
@@ -380,6 +432,4 @@ def summary_line(checks: list[Check]) -> str:
         f"{counts['inconclusive']} inconclusive" if counts["inconclusive"] else "",
         f"{counts['pass']} passed",
     ]
-    if not checks:
-        return "PASS: no budget or regression check applied (nothing was gated)"
     return f"{word}: {', '.join(p for p in parts if p)} ({len(checks)} checks)"

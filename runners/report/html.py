@@ -152,7 +152,7 @@ def _samples_section(results: dict[str, Any]) -> str:
 def render_html(outcome: Any) -> str:
     r = outcome.results
     env = r.get("environment") or {}
-    cells = [c for c in r.get("cells", []) if c.get("status") == "ok"]
+    cells = [c for c in r.get("cells", []) if c["outcome"] == "ok"]
     real = [c for c in cells if not c.get("emulated")]
     emu = [c for c in cells if c.get("emulated")]
     libs = ", ".join(f"{k} {v}" for k, v in sorted((env.get("libraries") or {}).items()))
@@ -182,6 +182,9 @@ def render_html(outcome: Any) -> str:
         out += [f"<h2>Latency distribution — {escape(title)}</h2>", note, _latency_section(outcome, group)]
         out += [f"<h2>Peak memory — {escape(title)}</h2>", _memory_section(outcome, group)]
         out += [f"<h2>Accuracy vs latency — {escape(title)}</h2>", _accuracy_section(group)]
+    from runners.report.profiles import html as profile_html
+
+    out.append(profile_html(r))
     out += ["<h2>History</h2>", _trend_section(outcome)]
     out += ["<h2>Device facts</h2>", _facts_table(r)]
     out += ["<h2>Settings</h2>", f"<pre>{escape(json.dumps(r.get('config') or {}, indent=2, default=str))}</pre>"]

@@ -49,6 +49,7 @@ def report_dict(outcome: Any) -> dict[str, Any]:
                 "emulated": bool(c.get("emulated")),
                 "artifact_id": c.get("artifact_id"),
                 "status": c.get("status"),
+                "outcome": c.get("outcome"),
                 "error": c.get("error"),
                 "settings": c.get("settings"),
                 "runner": c.get("runner"),

@@ -96,7 +96,7 @@ def render_markdown(outcome: Any) -> str:
     lines += [
         "### Cells",
         "",
-        "| Device | Ran on | Artifact | Status | n | p50 | p90 | Peak RSS |",
+        "| Device | Ran on | Artifact | Outcome | n | p50 | p90 | Peak RSS |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in r.get("cells", []):
@@ -104,12 +104,16 @@ def render_markdown(outcome: Any) -> str:
         st = res.get("stats") or {}
         mem = (res.get("memory") or {}).get("peak_rss_mb")
         ran = str(c.get("ran_on") or c.get("device_id")) + (" (emulated)" if c.get("emulated") else "")
-        status = c.get("status") if c.get("status") == "ok" else f"{c.get('status')}: {c.get('error') or ''}".strip()
+        word, err = str(c["outcome"]).replace("_", " "), str(c.get("error") or "")
+        status = word if c["outcome"] == "ok" else err if err.startswith(f"{word}:") else f"{word}: {err}".strip()
         lines.append(
             f"| {c.get('device_id')} | {ran} | {c.get('artifact_id')} | {status} | {st.get('n', '')} | "
             f"{fmt_num(st.get('p50_ms'), 'ms')} | {fmt_num(st.get('p90_ms'), 'ms')} | {fmt_num(mem, 'MB')} |"
         )
     lines.append("")
+    from runners.report.profiles import markdown as profile_markdown
+
+    lines += profile_markdown(r)
     if outcome.warnings or outcome.notes:
         lines += ["### Notes", ""]
         lines += [f"- ⚠️ {w}" for w in outcome.warnings] + [f"- {n}" for n in outcome.notes]

@@ -99,7 +99,8 @@ def latency_strips(rows: list[tuple[str, list[float], float | None]], *, unit: s
     return _svg(width, height, body, "latency distribution per device and artifact")
 
 
-def bars(rows: list[tuple[str, float | None, float | None]], *, unit: str = "MB", width: int = 900) -> str:
+def bars(rows: list[tuple[str, float | None, float | None]], *, unit: str = "MB", width: int = 900,
+         fmt: str = ".1f") -> str:  # fmt: skip
     """Horizontal bars (label, value, budget); the budget is a red tick on the bar's row."""
     label_w, row_h, top = 260, 24, 10
     height = top + row_h * max(len(rows), 1) + 40
@@ -114,9 +115,9 @@ def bars(rows: list[tuple[str, float | None, float | None]], *, unit: str = "MB"
             w = value / hi * (x1 - x0)
             body.append(
                 f'<rect x="{x0}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{PALETTE[i % len(PALETTE)]}">'
-                f"<title>{escape(label)}: {value:.1f} {unit}</title></rect>"
+                f"<title>{escape(label)}: {value:{fmt}} {unit}</title></rect>"
             )
-            body.append(f'<text x="{x0 + w + 4:.1f}" y="{y + 16}" fill="#222">{value:.1f}</text>')
+            body.append(f'<text x="{x0 + w + 4:.1f}" y="{y + 16}" fill="#222">{value:{fmt}}</text>')
         if budget:
             bx = x0 + budget / hi * (x1 - x0)
             body.append(
@@ -246,3 +247,44 @@ def trend_lines(series: dict[str, list[float]], *, unit: str = "ms", width: int 
             )
         body.append(f'<text x="{width - right + 8}" y="{top + 14 * k + 10}" fill="{c}">{escape(label)}</text>')
     return _svg(width, height, body, "history trend")
+
+
+def grouped_bars(groups: list[tuple[str, list[tuple[str, float | None, bool]]]], *, unit: str = "ms",
+                 width: int = 900) -> str:  # fmt: skip
+    """One group of horizontal bars per label (a module), one bar per series (a runtime or device) in the same
+    colour across groups; an estimated value is drawn hatched-light with "(est.)" in its tooltip.
+
+    ``groups``: ``[(group label, [(series, value or None, estimated), ...]), ...]``; a None value draws nothing.
+    """
+    label_w, bar_h, gap, top = 200, 12, 10, 10
+    series = list(dict.fromkeys(s for _, bars in groups for s, _, _ in bars))
+    rows_h = sum(len(bars) * bar_h + gap for _, bars in groups)
+    legend_h = 16 * len(series) + 8
+    height = top + rows_h + 40 + legend_h
+    vals = [v for _, bars in groups for _, v, _ in bars if v is not None]
+    hi = max(vals) * 1.1 if vals else 1.0
+    x0, x1 = label_w, width - 80
+    body: list[str] = []
+    y = float(top)
+    for label, bars in groups:
+        body.append(f'<text x="{label_w - 8}" y="{y + len(bars) * bar_h / 2 + 4:.1f}" text-anchor="end" '
+                    f'fill="#222">{escape(label)}</text>')  # fmt: skip
+        for s, v, est in bars:
+            if v is not None:
+                c = PALETTE[series.index(s) % len(PALETTE)]
+                w = v / hi * (x1 - x0)
+                style = f'fill="{c}" fill-opacity="0.45" stroke="{c}" stroke-dasharray="3 2"' if est else f'fill="{c}"'
+                tip = f"{label} on {s}: {v:.3f} {unit}" + (" (est.)" if est else "")
+                body.append(f'<rect x="{x0}" y="{y:.1f}" width="{max(w, 0.5):.1f}" height="{bar_h - 2}" {style}>'
+                            f"<title>{escape(tip)}</title></rect>")  # fmt: skip
+                body.append(f'<text x="{x0 + w + 4:.1f}" y="{y + bar_h - 3:.1f}" fill="#222">{v:.2f}'
+                            f"{' est.' if est else ''}</text>")  # fmt: skip
+            y += bar_h
+        y += gap
+    _x_axis(body, 0.0, hi, x0, x1, y + 2, unit)
+    ly = y + 40
+    for i, s in enumerate(series):
+        c = PALETTE[i % len(PALETTE)]
+        body.append(f'<rect x="{x0}" y="{ly + 16 * i - 9:.1f}" width="10" height="10" fill="{c}"/>')
+        body.append(f'<text x="{x0 + 16}" y="{ly + 16 * i:.1f}" fill="#222">{escape(s)}</text>')
+    return _svg(width, int(height), body, "time per module, side by side across runtimes and devices")

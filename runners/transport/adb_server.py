@@ -18,8 +18,14 @@ from pathlib import Path
 
 from mpk.errors import DeviceError, DeviceNotFound, DeviceTimeout, DeviceUnauthorized, InfraError
 from runners.transport import sync_client
-from runners.transport.base import ShellResult, TransientError, Transport, split_exit_status, wrap_exit_status
-from runners.transport.base import retry as _retry
+from runners.transport.base import (
+    ShellResult,
+    TransientError,
+    Transport,
+    once_or_retry,
+    split_exit_status,
+    wrap_exit_status,
+)
 
 DEFAULT_PORT = 5037
 
@@ -180,9 +186,8 @@ class AdbServerTransport(Transport):
 
     def shell(self, cmd: str, *, timeout: float = 60, retry: bool = True) -> ShellResult:
         v2 = "shell_v2" in self.features
-        if not retry:
-            return self._shell_once(cmd, timeout, v2)
-        return _retry(lambda: self._shell_once(cmd, timeout, v2), serial=self.serial, what=f"shell {cmd[:60]!r}")
+        return once_or_retry(lambda: self._shell_once(cmd, timeout, v2), retry_=retry, serial=self.serial,
+                             what=f"shell {cmd[:60]!r}")  # fmt: skip
 
     def _shell_once(self, cmd: str, timeout: float, v2: bool) -> ShellResult:
         service = f"shell,v2,raw:{cmd}" if v2 else f"shell:{wrap_exit_status(cmd)}"
@@ -195,6 +200,8 @@ class AdbServerTransport(Transport):
                 while chunk := _recv_until(sock, deadline):
                     chunks.append(chunk)
                 code, out = split_exit_status(b"".join(chunks).decode("utf-8", "replace"))
+                if code < 0:
+                    raise ConnectionError("the shell ended without an exit status")
                 return ShellResult(code, out, "")
         except TimeoutError as e:
             raise DeviceTimeout(self.serial, f"shell {cmd!r} took longer than {timeout:.0f}s") from e

@@ -9,7 +9,6 @@ so a truncated push never becomes a wrong benchmark.
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import re
 import shlex
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mpk.errors import DeviceError, DeviceTimeout
+from mpk.files import sha256_file
 
 log = logging.getLogger("mpk.transport")
 T = TypeVar("T")
@@ -49,14 +49,6 @@ class TransientError(Exception):
     """A failure worth retrying (connection reset, a timeout mid-transfer)."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def retry(fn: Callable[[], T], *, serial: str, what: str, attempts: int = 3, backoff: float = 0.5) -> T:
     """Call ``fn``; on TransientError wait backoff, 2*backoff, ... and retry, ``attempts`` tries in all."""
     for i in range(attempts):
@@ -70,6 +62,17 @@ def retry(fn: Callable[[], T], *, serial: str, what: str, attempts: int = 3, bac
             log.info("%s: %s failed (%s); retrying", serial, what, e)
             time.sleep(backoff * (2**i))
     raise AssertionError("unreachable")
+
+
+def once_or_retry(fn: Callable[[], T], *, retry_: bool, serial: str, what: str) -> T:
+    """``retry(fn)``, or with ``retry_=False`` (a command that must not run twice) one try whose lost
+    connection is a DeviceError at once: nothing is repeated and the caller learns the device is gone."""
+    if retry_:
+        return retry(fn, serial=serial, what=what)
+    try:
+        return fn()
+    except TransientError as e:
+        raise DeviceError(serial, f"{what}: {e}", reason="transient") from e
 
 
 class Transport(abc.ABC):
@@ -159,7 +162,8 @@ def wrap_exit_status(cmd: str) -> str:
 
 
 def split_exit_status(output: str) -> tuple[int, str]:
-    """Undo :func:`wrap_exit_status`: (exit status, the command's own output). -1 when the marker is missing."""
+    """Undo :func:`wrap_exit_status`: (exit status, the command's own output). -1 when the marker is missing
+    (the shell ended before the command did: transports treat that as a lost connection)."""
     norm = output.replace("\r\n", "\n")
     idx = norm.rfind("\n" + EXIT_MARKER)
     if idx < 0:

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from mpk.errors import DeviceError, DeviceTimeout
-from runners.transport.base import ShellResult, Transport, sha256_file
+from mpk.files import sha256_file
+from runners.transport.base import ShellResult, Transport
 
 
 class LocalTransport(Transport):

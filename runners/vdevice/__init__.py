@@ -1,18 +1,7 @@
-"""mpk's virtual Android device: a loopback adbd over a sandboxed filesystem (see server.py)."""
+"""mpk's virtual Android device: a loopback adbd over a sandboxed filesystem.
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from runners.vdevice.server import VirtualDevice
-
-__all__ = ["VirtualDevice"]
-
-
-def __getattr__(name: str):
-    if name == "VirtualDevice":
-        from runners.vdevice.server import VirtualDevice
-
-        return VirtualDevice
-    raise AttributeError(name)
+``server.py`` (the ADB transport and its services) uses ``toolbox.py``, the shell's command table:
+``posix.py`` (with ``printf.py``) and ``android.py``, handed to ``shell.py``. ``device.py`` holds the
+state, ``activity.py`` the benchmark app (run under ``supervisor.py``), ``sync.py`` file transfer and
+``sandbox.py`` the path rules. Use ``runners.vdevice.server.VirtualDevice``.
+"""

@@ -1,6 +1,7 @@
 """``python -m runners.vdevice serve --port N --root DIR``: run mpk's virtual device in the foreground.
 
-``mpk emulator start`` runs this detached. SIGTERM/SIGINT stop it cleanly.
+``mpk emulator start`` runs this detached. SIGTERM/SIGINT stop it cleanly (exit 0, after killing a running
+benchmark); any other end of serving is an error line and exit 4, never a silent 0.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--authorize", type=Path, action="append", default=[], help="an adbkey.pub to authorize")
     s.add_argument("--auto-authorize", action="store_true", help="accept any key the client offers (unsafe)")
     s.add_argument("--ready-file", type=Path, help="write {port} here once listening")
+    s.add_argument("--max-connections", type=int, default=16, help="connections served at once (more are refused)")
+    s.add_argument("--idle-timeout", type=float, default=300.0, help="close a connection idle this many seconds")
+    s.add_argument(
+        "--runner",
+        help="command that stands in for the benchmark app (default: python -m runners.host_runner); "
+        "it is given --spec, --out, --emulated and --device-facts",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -39,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             authorized_keys=args.authorized_keys,
             profile=args.profile,
             auto_authorize=args.auto_authorize,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            runner_cmd=shlex.split(args.runner) if args.runner else None,
         )
         for pub in args.authorize:
             vd.authorize(pub.read_text())
@@ -46,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except MpkError as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.ready_file:
         args.ready_file.write_text(json.dumps({"port": vd.port, "serial": vd.serial}))
 
@@ -55,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"mpk virtual device on {vd.serial}", flush=True)
-    vd.serve_forever()
-    return 0
+    return vd.serve_forever()
 
 
 if __name__ == "__main__":

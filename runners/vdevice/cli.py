@@ -39,14 +39,23 @@ def list_cmd() -> None:
     "--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="device profile YAML/JSON"
 )
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for boot")
-def start_cmd(avd: str | None, port: int, root: Path | None, profile: Path | None, timeout: float) -> None:
+@click.option(
+    "--authorize",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="also trust this adb public key (repeatable); ~/.android/adbkey.pub is trusted when present",
+)
+def start_cmd(
+    avd: str | None, port: int, root: Path | None, profile: Path | None, timeout: float, authorize: tuple[Path, ...]
+) -> None:
     """Start an emulator and print its serial."""
     from runners import emulator as emu
 
     if avd:
+        emu.refuse_authorize_for_avd(authorize)
         serial, _ = emu.boot_avd(avd, port=port or 5554, timeout=timeout)
     else:
-        serial = emu.start_virtual_device(port=port, root=root, profile=profile).serial
+        serial = emu.start_virtual_device(port=port, root=root, profile=profile, authorize=authorize).serial
     click.echo(serial)
 
 

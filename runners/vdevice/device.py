@@ -1,21 +1,23 @@
-"""State shared by every connection to one virtual device: files, properties, logcat, the runner."""
+"""State shared by every connection to one virtual device: files, properties, logcat, the benchmark app."""
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from runners.vdevice.activity import ActivityManager
 from runners.vdevice.profile import load_profile
 from runners.vdevice.sandbox import SandboxFS
 
-APP_PACKAGE = "org.mpk.bench"
-APP_ACTIVITY = "org.mpk.bench/.BenchmarkActivity"
-APP_DATA = f"/data/data/{APP_PACKAGE}"
-LOG_TAG = "MpkBench"
+#: logcat keeps the newest entries only, like the ring buffer of a phone
+LOGCAT_ENTRIES = 10_000
+_THERMAL_TEMP = re.compile(r"/sys/class/thermal/(thermal_zone\d+)/temp")
 
 
 def default_runner_cmd() -> list[str]:
@@ -24,6 +26,9 @@ def default_runner_cmd() -> list[str]:
 
 
 class DeviceState:
+    """``root`` holds the device's filesystem; the benchmark app's private copies live in ``work_dir``
+    (default: the sibling ``<root>.activity/``), which no client can reach and which is emptied at start."""
+
     def __init__(
         self,
         root: Path,
@@ -31,16 +36,28 @@ class DeviceState:
         *,
         runner_cmd: list[str] | None = None,
         runner_timeout: float = 3600.0,
+        work_dir: Path | None = None,
+        sleep_cap_s: float = 60.0,
+        max_output_bytes: int = 64 << 20,
     ) -> None:
         self.fs = SandboxFS(root)
         self.profile = load_profile(profile)
         self.props: dict[str, str] = dict(self.profile["props"])
         self.runner_cmd = list(runner_cmd) if runner_cmd else default_runner_cmd()
-        self.runner_timeout = runner_timeout
-        self._log: list[tuple[float, str, str, str]] = []  # (time, level, tag, message)
+        self.sleep_cap_s = sleep_cap_s
+        self.max_output_bytes = max_output_bytes
+        self._log: collections.deque[tuple[float, str, str, str]] = collections.deque(maxlen=LOGCAT_ENTRIES)
         self._log_lock = threading.Lock()
         self.boot_time = time.time()
         self._populate_sys()
+        self.activities = ActivityManager(
+            self.fs,
+            Path(work_dir) if work_dir else Path(root).resolve().with_name(Path(root).name + ".activity"),
+            runner_cmd=self.runner_cmd,
+            runner_timeout=runner_timeout,
+            log=self.log,
+            profile=self.profile,
+        )
 
     # -- logcat -------------------------------------------------------------------------------------------------
     def log(self, tag: str, message: str, level: str = "I") -> None:
@@ -102,13 +119,14 @@ class DeviceState:
                 continue
         return out
 
-    def refresh_thermal(self, host: Path) -> None:
-        """Before a ``cat`` of a thermal ``temp`` file: copy the host's live reading when the host has that zone."""
-        if host.name != "temp" or not host.parent.name.startswith("thermal_zone"):
+    def refresh_thermal(self, android: str) -> None:
+        """Before a ``cat`` of ``/sys/class/thermal/thermal_zoneN/temp``: copy the host's live reading of zone N."""
+        m = _THERMAL_TEMP.fullmatch(android)
+        if not m:
             return
-        real = Path("/sys/class/thermal") / host.parent.name / "temp"
         try:
-            host.write_text(real.read_text())
+            reading = (Path("/sys/class/thermal") / m.group(1) / "temp").read_bytes()[:64]
+            self.fs.write_bytes(android, reading)
         except OSError:
             pass
 

@@ -30,8 +30,11 @@ VERSION_MIN = 0x01000000
 VERSION_SKIP_CHECKSUM = 0x01000001
 #: What we offer. Old clients (adb-shell sends 0x01000000) get the older version back and checksums are kept.
 VERSION = VERSION_SKIP_CHECKSUM
-#: Largest payload we accept or send; clients may ask for less in CNXN arg1.
+#: Largest payload we accept or send once a connection is authorized; clients may ask for less in CNXN arg1.
+#: (AOSP adb.h: MAX_PAYLOAD is 1 MiB since Android 9; 256 KiB bounds a connection's buffers at 8 streams x 256 KiB.)
 MAX_PAYLOAD = 256 * 1024
+#: Largest payload before AUTH succeeds (AOSP MAX_PAYLOAD_V1): CNXN banners, tokens, signatures and public keys fit.
+MAX_PAYLOAD_PREAUTH = 4 * 1024
 
 HEADER = struct.Struct("<6I")
 

@@ -2,16 +2,24 @@
 
 It understands what mpk's harness and a person poking with ``adb shell`` use:
 ``;``, ``&&``, ``||``, ``|``, ``>``/``>>``/``2>``/``2>&1`` redirections, quotes,
-``$?``/``$VAR`` expansion and globs (expanded inside the sandbox only). Commands
-are Python functions over :class:`~runners.vdevice.sandbox.SandboxFS`; an
-unknown command answers ``sh: CMD: not found`` with exit 127, as a device would.
+``$?``/``$VAR`` expansion and globs (expanded inside the sandbox only).
+
+The shell *receives* its commands: a ``{name: fn(shell, args, io) -> status}``
+table (``runners.vdevice.toolbox.COMMANDS`` on the device: the POSIX tools of
+``posix.py`` and the Android ones of ``android.py``). An unknown command answers
+``sh: CMD: not found`` with exit 127, as a device would. Every command line ends
+with an exit status in 0..255, whatever its arguments: a built-in that fails
+reports why on stderr and returns non-zero, and output beyond
+``device.max_output_bytes`` ends the command with status 1 instead of filling
+the server's memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +27,11 @@ from runners.vdevice.sandbox import SandboxEscape
 
 if TYPE_CHECKING:
     from runners.vdevice.device import DeviceState
+
+log = logging.getLogger("mpk.vdevice")
+
+#: ``sh -c`` / ``run-as`` nesting deeper than this is refused (each level is a Python frame, not a process).
+MAX_DEPTH = 8
 
 # A word is a list of (kind, text) parts; kind is "lit" (unquoted), "dq" or "sq".
 Word = list[tuple[str, str]]
@@ -155,40 +168,61 @@ def parse(line: str) -> list[tuple[str, list[Command]]]:
     return chain
 
 
+class OutputLimit(Exception):
+    """A command produced more output than the device buffers for one command line."""
+
+
 @dataclasses.dataclass
 class Io:
     stdin: bytes = b""
     stdout: bytearray = dataclasses.field(default_factory=bytearray)
     stderr: bytearray = dataclasses.field(default_factory=bytearray)
+    limit: int = 64 << 20
 
     def out(self, text: str | bytes) -> None:
-        self.stdout += text.encode() if isinstance(text, str) else text
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        if len(self.stdout) + len(data) > self.limit:
+            raise OutputLimit(f"output exceeds {self.limit} bytes")
+        self.stdout += data
 
     def err(self, text: str) -> None:
-        self.stderr += text.encode()
+        if len(self.stderr) < self.limit:
+            self.stderr += text.encode("utf-8", "surrogateescape")[: self.limit - len(self.stderr)]
 
 
 class ExitShell(Exception):
     def __init__(self, code: int) -> None:
-        self.code = code
+        self.code = code & 0xFF
 
 
 Builtin = Callable[["Shell", list[str], Io], int]
 
 
 class Shell:
-    """One shell session: cwd, variables and ``$?`` survive across commands in one ``shell:`` line."""
+    """One shell session: cwd, variables and ``$?`` survive across commands in one ``shell:`` line.
 
-    def __init__(self, device: DeviceState, *, cwd: str = "/", commands: dict[str, Builtin] | None = None) -> None:
-        from runners.vdevice.commands import COMMANDS
+    ``commands`` is the table of built-ins this shell can run (see module docstring); ``depth`` counts
+    enclosing shells (``sh -c``, ``run-as``) so a self-nesting command line cannot exhaust the stack.
+    """
 
+    def __init__(self, device: DeviceState, commands: Mapping[str, Builtin], *, cwd: str = "/", depth: int = 0) -> None:
         self.device = device
         self.fs = device.fs
         self.cwd = cwd
         self.vars: dict[str, str] = {"HOME": "/", "PATH": "/system/bin", "USER": "shell"}
         self.status = 0
         self.merge_stderr = False
-        self.commands = commands if commands is not None else COMMANDS
+        self.commands = commands
+        self.depth = depth
+
+    def subshell(self, *, cwd: str | None = None) -> Shell | None:
+        """A child shell with the same commands (``sh -c``, ``run-as``); None when nested too deep."""
+        if self.depth >= MAX_DEPTH:
+            return None
+        return Shell(self.device, self.commands, cwd=cwd or self.cwd, depth=self.depth + 1)
+
+    def new_io(self, stdin: bytes = b"") -> Io:
+        return Io(stdin=stdin, limit=self.device.max_output_bytes)
 
     # -- expansion ----------------------------------------------------------------------------------------------
     def _expand_vars(self, text: str) -> str:
@@ -217,16 +251,17 @@ class Shell:
 
     # -- execution ----------------------------------------------------------------------------------------------
     def run(self, line: str, stdin: bytes = b"", *, merge_stderr: bool = False) -> tuple[int, bytes, bytes]:
-        """Run a command line; returns (exit status, stdout, stderr).
+        """Run a command line; returns (exit status 0..255, stdout, stderr).
 
         ``merge_stderr`` interleaves each command's stderr into stdout in order, as a v1 ``shell:`` (one byte
         stream) shows it; otherwise a marker echoed after a failing command would arrive before its message.
         """
         self.merge_stderr = merge_stderr
-        io = Io()
+        io = self.new_io()
         try:
             chain = parse(line)
         except ShellSyntaxError as e:
+            self.status = 2
             return 2, b"", f"sh: {e}\n".encode()
         try:
             for connector, pipeline in chain:
@@ -235,6 +270,9 @@ class Shell:
                 self.status = self._pipeline(pipeline, io, stdin)
         except ExitShell as e:
             self.status = e.code
+        except OutputLimit as e:
+            io.err(f"sh: {e}\n")
+            self.status = 1
         return self.status, bytes(io.stdout), bytes(io.stderr)
 
     def _pipeline(self, pipeline: list[Command], io: Io, stdin: bytes) -> int:
@@ -242,14 +280,14 @@ class Shell:
         status = 0
         for k, cmd in enumerate(pipeline):
             last = k == len(pipeline) - 1
-            sub = Io(stdin=data)
+            sub = self.new_io(data)
             status = self._command(cmd, sub)
             if last:
-                io.stdout += sub.stdout
+                io.out(bytes(sub.stdout))
             if self.merge_stderr:
-                io.stdout += sub.stderr
+                io.out(bytes(sub.stderr))
             else:
-                io.stderr += sub.stderr
+                io.err(sub.stderr.decode("utf-8", "surrogateescape"))
             data = bytes(sub.stdout)
         return status
 
@@ -258,18 +296,19 @@ class Shell:
         for w in cmd.words:
             argv.extend(self.expand(w))
         # NAME=value alone sets a variable (no env-prefix support: nothing mpk sends needs it).
-        if argv and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", a) for a in argv):
+        if argv and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", a, flags=re.S) for a in argv):
             for a in argv:
                 k, _, v = a.partition("=")
                 self.vars[k] = v
             return 0
-        inner = Io(stdin=io.stdin)
+        inner = self.new_io(io.stdin)
         for op, target in cmd.redirects:
             if op == "<" and target is not None:
+                name = self.expand(target, glob=False)[0]
                 try:
-                    inner.stdin = self.fs.resolve(self.expand(target, glob=False)[0], self.cwd).read_bytes()
+                    inner.stdin = self.fs.read_bytes(name, self.cwd, limit=inner.limit)
                 except (OSError, SandboxEscape) as e:
-                    io.err(f"sh: {self.expand(target, glob=False)[0]}: {_strerror(e)}\n")
+                    io.err(f"sh: {name}: {strerror(e)}\n")
                     return 1
         status = self.call(argv, inner) if argv else 0
         out, err = inner.stdout, inner.stderr
@@ -283,43 +322,48 @@ class Shell:
             data = out if op in (">", ">>") else err
             if name != "/dev/null":
                 try:
-                    host = self.fs.resolve(name, self.cwd)
-                    with open(host, "ab" if op.endswith(">>") else "wb") as f:
-                        f.write(data)
+                    self.fs.write_bytes(name, bytes(data), self.cwd, append=op.endswith(">>"))
                 except (OSError, SandboxEscape) as e:
-                    io.err(f"sh: can't create {name}: {_strerror(e)}\n")
+                    io.err(f"sh: can't create {name}: {strerror(e)}\n")
                     return 1
             if op in (">", ">>"):
                 out = bytearray()
             else:
                 err = bytearray()
-        io.stdout += out
-        io.stderr += err
+        io.out(bytes(out))
+        io.err(err.decode("utf-8", "surrogateescape"))
         return status
 
     def call(self, argv: list[str], io: Io) -> int:
-        """Run one already-expanded command (also used by ``run-as``)."""
+        """Run one already-expanded command (also used by ``run-as``); always an exit status in 0..255."""
         name = argv[0]
         fn = self.commands.get(name.rsplit("/", 1)[-1] if name.startswith(("/system/bin/", "/bin/")) else name)
         if fn is None:
             io.err(f"sh: {name}: not found\n")
             return 127
         try:
-            return fn(self, argv[1:], io)
+            return int(fn(self, argv[1:], io)) & 0xFF
         except ExitShell:
             raise
         except SandboxEscape as e:
             io.err(f"{name}: {e.args[0] if e.args else ''}: Permission denied\n")
             return 1
         except OSError as e:
-            io.err(f"{name}: {_strerror(e)}\n")
+            io.err(f"{name}: {strerror(e)}\n")  # never e.filename: that is a host path
+            return 1
+        except OutputLimit as e:
+            io.err(f"{name}: {e}\n")
+            return 1
+        except Exception:  # a bug in one built-in must not cost the client its exit status
+            log.exception("vdevice: built-in %r crashed on %r", name, argv[1:])
+            io.err(f"{name}: internal error (logged by the virtual device)\n")
             return 1
 
     def host_path(self, path: str) -> Path:
         return self.fs.resolve(path, self.cwd)
 
 
-def _strerror(e: BaseException) -> str:
+def strerror(e: BaseException) -> str:
     if isinstance(e, SandboxEscape):
         return "Permission denied"
     if isinstance(e, OSError) and e.strerror:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.devices import parse_devices
+from runners.config import parse_devices
 from runners.transport import open_transport
 
 SERIAL = os.environ.get("MPK_DEVICE_SERIAL")

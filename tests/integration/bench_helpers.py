@@ -2,18 +2,20 @@
 
 Built once per torch version and cached on disk (MPK_CACHE_DIR), because
 exporting costs seconds on 2 cores while the tests themselves need only the
-files. The manifest written next to them follows mpk.manifest/1.
+files. The manifest next to them is written by mpk's own writer
+(:func:`mpk.contract.write_manifest`), so it is schema-valid like one from ``mpk package``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from mpk.contract import write_manifest
 
 INPUT_SHAPE = (1, 3, 16, 16)
 SAMPLES = 4
@@ -78,14 +80,15 @@ def tiny_package(dest: Path) -> Path:
                      "inputs": [tensor_in], "outputs": [tensor_out], "delegation": None, "op_summary": {},
                      "verification": {"status": "passed", "passed": True, "reason": None, "metrics": {},
                                       "tolerances": {}, "samples": SAMPLES}})  # fmt: skip
+    data = {"source": "seeded random", "count": SAMPLES, "synthetic": True}
     manifest = {
         "schema_version": "mpk.manifest/1", "mpk_version": "0.1.0", "created_utc": "2026-01-01T00:00:00Z",
         "model": {"name": "tiny", "source": {"kind": "builtin", "spec": "tiny"}, "sha256": "0" * 64,
                   "task": "classification", "num_classes": 5, "parameters": 269},
-        "inputs": [tensor_in], "outputs": [tensor_out], "recipe": {}, "data": {},
+        "inputs": [tensor_in], "outputs": [tensor_out], "recipe": {},
+        "data": {"calibration": data, "evaluation": {**data, "labelled": False}},
         "reference": {"path": "reference.npz", "sha256": _sha(dest / "reference.npz"), "samples": SAMPLES},
-        "artifacts": arts, "failures": [], "environment": {},
+        "artifacts": arts, "failures": [],
+        "environment": {"python": "3.11", "platform": "test", "libraries": {}, "git_revision": None},
     }  # fmt: skip
-    path = dest / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
+    return write_manifest(dest / "manifest.json", manifest)

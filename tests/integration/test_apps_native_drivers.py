@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.contract import schema_problems
+from mpk.contract import problems as schema_problems
 from runners.devices import DeviceSpec
 from runners.drivers import get_driver
 
@@ -111,3 +111,28 @@ def test_a_tool_that_fails_to_load_is_an_error_cell(tmp_path: Path, monkeypatch:
     bad = result["artifacts"][0]
     assert bad["status"] == "error" and bad["error"]["kind"] == "load", bad
     assert f"{runner} exited 3" in bad["error"]["message"] and "bad magic" in bad["error"]["message"]
+
+
+FAKE_ET_1_0 = r"""#!/bin/sh
+# as ExecuTorch 1.0's runner: gflags rejects --print_output, and only the total is logged
+n=1
+for a in "$@"; do
+  case "$a" in
+    --print_output*) echo "ERROR: unknown command line flag 'print_output'" >&2; exit 1;;
+    --num_executions=*) n=${a#--num_executions=};;
+  esac
+done
+msg="Model executed successfully $n time(s) in $((n * 3)).000000 ms."
+echo "I 00:00:00.009000 executorch:executor_runner.cpp:342] $msg" >&2
+"""
+
+
+def test_executor_runner_1_0_without_print_output_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.0 runner rejects --print_output; the driver asks again without it and reports aggregate-only timing."""
+    monkeypatch.setenv("MPK_EXECUTOR_RUNNER", str(_script(tmp_path / "executor_runner", FAKE_ET_1_0)))
+    device = DeviceSpec(id="host", kind="host", runner="executor_runner")
+    result = get_driver("executor_runner").run(tmp_path, _spec(tmp_path, "executorch", "pte"), device, timeout_s=60)
+    assert schema_problems(result, "runner_result") == []
+    ok = result["artifacts"][0]
+    assert ok["status"] == "ok" and ok["stats"] is None and ok["samples_ms"] == [] and ok["iterations"] >= 5
+    assert result["runner"]["runtimes"]["timing"].startswith("aggregate-only")

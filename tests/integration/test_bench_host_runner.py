@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from runners.contract import load_result
+from mpk.contract import read_manifest, read_result
 from runners.devices import RunSettings
-from runners.matrix import build_spec, load_manifest, write_reference
+from runners.matrix import build_spec, write_reference
 from runners.stats import LatencyStats
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,7 +33,7 @@ PIN = [os.cpu_count() - 1] if (os.cpu_count() or 1) > 1 else [0]
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict:
     d = tmp_path_factory.mktemp("hr")
     manifest_path = tiny_package(d)
-    manifest = load_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)
     reference = write_reference(manifest, d, d / "reference")
     settings = RunSettings(warmup_iterations=2, min_iterations=MIN_ITER, min_seconds=MIN_S, max_seconds=30,
                            threads=1, cpu_affinity=tuple(PIN))  # fmt: skip
@@ -54,7 +54,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.run([sys.executable, "-m", "runners.host_runner", "--spec", str(d / "spec.json"),
                            "--out", str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    result = load_result(out)  # validates against runner_result.schema.json
+    result = read_result(out)  # validates against runner_result.schema.json
     return {"result": result, "by_id": {a["id"]: a for a in result["artifacts"]}, "stderr": proc.stderr}
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mpk.contract import read_results, validate_results
 from mpk.errors import DeviceError
-from runners.devices import parse_devices
+from runners.config import parse_devices
 from runners.drivers import DRIVERS
 from runners.drivers.host import HostDriver
 from runners.matrix import run_cell, run_matrix
-from runners.results import load_results, validate_results
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_helpers import tiny_package
@@ -61,9 +61,9 @@ def test_absent_phone_in_ci_runs_on_the_virtual_device(pkg: Path, tmp_path: Path
         {"id": "virtual-android", "kind": "emulator"},
     )
     doc = run_matrix(pkg, cfg, tmp_path / "out", only_artifacts=["onnx-fp32"])
-    assert doc == load_results(tmp_path / "out" / "results.json") and doc["complete"] is True
+    assert doc == read_results(tmp_path / "out" / "results.json") and doc["complete"] is True
     cells = {c["device_id"]: c for c in doc["cells"]}
-    assert all(c["status"] == "ok" for c in cells.values()), [c["error"] for c in cells.values()]
+    assert all(c["outcome"] == "ok" for c in cells.values()), [c["error"] for c in cells.values()]
     phone = cells["pixel-7"]
     assert phone["emulated"] is True and phone["ran_on"] == "virtual-android"
     assert phone["device"]["host_cpu"] and phone["device"]["os"] == "android"
@@ -79,7 +79,7 @@ def test_absent_phone_without_fallback_is_skipped(pkg: Path, tmp_path: Path, mon
     monkeypatch.delenv("CI", raising=False)
     cfg = _config({"id": "pixel-7", "kind": "android", "serial": "MPK-ABSENT-0", "transport": "adb_server"})
     doc = run_matrix(pkg, cfg, tmp_path / "out")
-    assert [c["status"] for c in doc["cells"]] == ["skipped"] * 3
+    assert [c["outcome"] for c in doc["cells"]] == ["skipped"] * 3
     assert all(c["ran_on"] is None and "device absent" in c["error"] for c in doc["cells"])
 
 
@@ -114,11 +114,11 @@ def test_failing_device_fails_only_its_cells_and_results_are_incremental(pkg: Pa
         DRIVERS._entries.pop("flaky_test")
     assert sorted(seen) == [1, 2, 3, 4]
     by = {(c["device_id"], c["artifact_id"]): c for c in doc["cells"]}
-    assert by[("host", "onnx-fp32")]["status"] == by[("host", "onnx-fp32-b")]["status"] == "ok"
-    assert by[("flaky", "onnx-fp32")]["status"] == "ok"
+    assert by[("host", "onnx-fp32")]["outcome"] == by[("host", "onnx-fp32-b")]["outcome"] == "ok"
+    assert by[("flaky", "onnx-fp32")]["outcome"] == "ok"
     failed = by[("flaky", "onnx-fp32-b")]
-    assert failed["status"] == "error" and "usb disconnected" in failed["error"]
-    assert load_results(tmp_path / "out" / "results.json")["complete"] is True
+    assert failed["outcome"] == "infra_error" and failed["status"] == "error" and "usb disconnected" in failed["error"]
+    assert read_results(tmp_path / "out" / "results.json")["complete"] is True
 
 
 def test_run_cell_takes_exactly_the_requested_iterations(pkg: Path, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_run_cell_takes_exactly_the_requested_iterations(pkg: Path, tmp_path: Pa
     cell = run_cell(
         pkg, cfg, "host", "onnx-fp32", tmp_path, iterations=7, settings={"threads": 1, "warmup_iterations": 0}
     )
-    assert cell["status"] == "ok" and cell["result"]["iterations"] == 7 and cell["emulated"] is False
+    assert cell["outcome"] == "ok" and cell["result"]["iterations"] == 7 and cell["emulated"] is False
 
 
 def test_cli_dry_run_resolves_flags_over_yaml(pkg: Path, tmp_path: Path, repo_root: Path) -> None:

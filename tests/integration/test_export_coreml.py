@@ -92,3 +92,80 @@ def test_prediction_close_to_torch_on_macos(mlp_artifacts) -> None:
     x = calibration((1, 64), n=1, seed=2).samples[0][0]
     y = open_session("coreml", arts["fp32"].path).run((x,))[0]
     np.testing.assert_allclose(y, torch_out(model, x), atol=1e-3)
+
+
+def _blob_offset(package: Path, data: np.ndarray) -> int:
+    """Where ``data``'s bytes sit in the package's weight.bin (coremltools stores each blob contiguously)."""
+    blob = (package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").read_bytes()
+    at = blob.find(np.ascontiguousarray(data).tobytes())
+    assert at >= 0, "blob not found in weight.bin"
+    return at
+
+
+def _write(package: Path, offset: int, data: bytes) -> None:
+    with open(package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin", "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_weight_check_reads_back_every_compressed_weight(mlp_artifacts) -> None:
+    """The check runs on Linux (no Core ML runtime): each weight read back from the saved package."""
+    _, arts = mlp_artifacts
+    for scheme, art in arts.items():
+        report = art.details["weight_check"]
+        assert report["ok"], (scheme, report["problems"])
+        # a.weight (128x64), a.bias (128), b.weight (10x128); b.bias has 10 values, under the 16 that make a weight
+        assert report["layers"] == 3, report
+    assert arts["fp32"].details["weight_check"]["worst_snr_db"] == 200.0  # stored exactly
+    # int8 per-channel of a Gaussian 64x128 weight: ~40 dB; a 16-entry palette: ~20 dB (both under fp16's exact)
+    assert 30 < arts["int8"].details["weight_check"]["worst_snr_db"] < 60
+    assert 12 < arts["palettize4"].details["weight_check"]["worst_snr_db"] < 30
+
+
+def test_weight_check_fails_on_a_corrupted_int8_weight(exporter, tmp_path: Path) -> None:
+    import shutil
+
+    from packager.export.coreml_weights import check_package, load_program, program_weights
+
+    model = mlp()
+    art = exporter.export(model, "int8", None, tmp_path / "a")
+    fp32 = exporter.export(model, "fp32", None, tmp_path / "b")
+    reference = program_weights(load_program(fp32.path))
+    assert check_package(art.path, reference, "int8")["ok"]
+    bad = tmp_path / "bad.mlpackage"
+    shutil.copytree(art.path, bad)
+    op = next(o for o in load_program(bad).functions["main"].operations if o.op_type == "constexpr_affine_dequantize")
+    q = np.asarray(op.inputs["quantized_data"].val)
+    # one output row of int8 data overwritten with the other extreme: a plausible-looking, wrong weight
+    _write(bad, _blob_offset(bad, q), np.where(q[:1] >= 0, -127, 127).astype(np.int8).tobytes())
+    report = check_package(bad, reference, "int8")
+    assert not report["ok"]
+    assert any("SNR" in p and "under the int8 floor" in p for p in report["problems"]), report["problems"]
+
+
+def test_weight_check_fails_on_nan_and_on_an_unreadable_package(exporter, tmp_path: Path) -> None:
+    from packager.export.coreml_weights import check_package, load_program, program_weights
+
+    model = mlp()
+    art = exporter.export(model, "fp32", None, tmp_path / "a")
+    reference = program_weights(load_program(art.path))
+    weight = next(v for k, v in reference.items() if k.endswith(".weight") and v.size == 64 * 128)
+    _write(art.path, _blob_offset(art.path, weight.astype(np.float32)), np.float32([np.nan, np.inf]).tobytes())
+    report = check_package(art.path, reference, "fp32")
+    assert not report["ok"] and "2 NaN/inf value(s)" in report["problems"][0], report
+    (art.path / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\x00garbage")
+    broken = check_package(art.path, reference, "fp32")
+    assert not broken["ok"] and "cannot read the package's weights" in broken["problems"][0]
+
+
+def test_zero_weight_channels_dequantize_to_zero_and_are_counted(exporter, tmp_path: Path) -> None:
+    """A dead output channel gets scale 0 from coremltools' int8 quantizer (0/0 data); it must stay exactly 0."""
+    import torch
+
+    model = mlp()
+    with torch.no_grad():
+        next(model.module.parameters())[3].zero_()  # first Linear (64x128): output channel 3 all zero
+    art = exporter.export(model, "int8", None, tmp_path)
+    report = art.details["weight_check"]
+    assert report["ok"], report["problems"]
+    assert report["zero_scale_channels"] == 1

@@ -34,8 +34,10 @@ def convnet_artifacts(exporter, tmp_path_factory):
 def test_fp32_is_one_self_contained_file(convnet_artifacts) -> None:
     model, out, arts = convnet_artifacts
     art = arts["fp32"]
-    # only the two artifacts: no .onnx.data side file, no leftover temporaries
-    assert sorted(p.name for p in out.iterdir()) == ["convnet-fp32.onnx", "convnet-int8.onnx"]
+    # only the two artifacts and their op maps (not loaded by any runtime): no .onnx.data side file, no temporaries
+    assert sorted(p.name for p in out.iterdir()) == ["convnet-fp32.onnx", "convnet-fp32.opmap.json",
+                                                     "convnet-int8.onnx", "convnet-int8.opmap.json"]  # fmt: skip
+    assert art.profiling_files == {"op_map": out / "convnet-fp32.opmap.json"}
     assert art.extra_files == [] and art.details["external_data"] is False
     info = inspect_artifact(art.path)
     assert info["external_data"] is False

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpk.cli import main
-from runners.gate import run_gate
+from runners.gate import GateConfig, run_gate
 from tests.gate_factory import DEVICES_YAML, cell, results, samples
 
 
@@ -51,7 +51,8 @@ def test_fp32_misses_int8_meets_exit_1(tmp_path: Path, budgets: Path) -> None:
     assert any("PASS" in ln and "executorch-int8 p90_ms" in ln for ln in out.splitlines())
     lines = out.strip().splitlines()
     assert lines[-2].startswith("FAIL: 1 failed") and lines[-1] == f"HTML report: {tmp_path / 'r' / 'report.html'}"
-    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.json", "report.md", "junit.xml", "report.html"}
+    written = {p.name for p in (tmp_path / "r").iterdir()}
+    assert written == {"report.json", "report.md", "junit.xml", "report.html", ".mpk-output.json"}
 
 
 def test_misspelt_budget_key_exit_2_with_path(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_inconclusive_exit_3_then_until_conclusive_reaches_a_verdict(tmp_path: P
 
     budget = tmp_path / "devices.yaml"
     budget.write_text(DEVICES_YAML + "  - {device: pixel-7, p90_ms: 24.0}\n")
-    path = write(tmp_path / "results.json", results([cell("pixel-7", "onnx-fp32", noisy(30))]))
+    path = write(tmp_path / "results.json", results([cell("pixel-7", "onnx-fp32", noisy(40))]))
     code, out = gate(str(path), "--budgets", str(budget))
     assert code == 3 and "INCONCLUSIVE" in out and "straddles budget 24.00 ms" in out
 
@@ -92,11 +93,12 @@ def test_inconclusive_exit_3_then_until_conclusive_reaches_a_verdict(tmp_path: P
         assert (c["device_id"], c["artifact_id"]) == ("pixel-7", "onnx-fp32")
         return {"id": "onnx-fp32", "status": "ok", "samples_ms": noisy(iterations)}
 
-    outcome = run_gate(path, budgets=budget, until_conclusive=True, measure=measure, max_rounds=10, time_cap_s=60)
+    config = GateConfig(path, budgets=budget, until_conclusive=True, max_rounds=10, time_cap_s=60)
+    outcome = run_gate(config, measure=measure)
     assert outcome.exit_code == 0, outcome.summary
     (check,) = outcome.checks
-    assert check.interval[1] <= 24.0 and check.extra["n"] == 30 + sum(calls)
-    assert calls[:2] == [30, 60]  # each round doubles the samples
+    assert check.interval[1] <= 24.0 and check.extra["n"] == 40 + sum(calls)
+    assert calls[:2] == [40, 80]  # each round doubles the samples
 
 
 def test_until_conclusive_respects_round_cap(tmp_path: Path) -> None:
@@ -106,10 +108,7 @@ def test_until_conclusive_respects_round_cap(tmp_path: Path) -> None:
     lat = [19.0, 21.0] * 10
     path = write(tmp_path / "results.json", results([cell("pixel-7", "onnx-fp32", lat)]))
     outcome = run_gate(
-        path,
-        budgets=budget,
-        until_conclusive=True,
-        max_rounds=2,
+        GateConfig(path, budgets=budget, until_conclusive=True, max_rounds=2),
         measure=lambda c, n: {"id": "onnx-fp32", "samples_ms": [19.0, 21.0] * (n // 2)},
     )
     assert outcome.exit_code == 3 and outcome.checks[0].extra["n"] == 80
@@ -146,7 +145,10 @@ def test_history_records_accepts_and_detects_regression(tmp_path: Path, budgets:
         ),
     )
     code, out = gate(str(emu), "--history", "--db", db)
-    assert code == 0 and "no emulated baseline" in out
+    # nothing to compare it with: nothing gated is never a pass; it is still recorded (and accepted: the
+    # first run of its kind is what later runs are compared with)
+    assert code == 3 and "no emulated baseline" in out and "nothing was gated" in out
+    assert "recorded run #3 (accepted)" in out
 
     r = CliRunner().invoke(main, ["history", "--device", "pixel-7", "--artifact", "onnx-int8", "--db", db, "--real"])
     assert r.exit_code == 0, r.output

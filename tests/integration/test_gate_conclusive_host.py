@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runners.devices import load_devices
-from runners.gate import run_gate
+from mpk.contract import validate_results
+from runners.config import load_devices
+from runners.gate import GateConfig, run_gate
 from runners.gate.verdict import cell_samples
 from runners.matrix import run_matrix
-from runners.results import validate_results
 from tests.integration.bench_helpers import tiny_package
 
 DEVICES = """\
@@ -28,15 +28,16 @@ def test_until_conclusive_remeasures_with_the_host_runner(tmp_path: Path) -> Non
     doc = run_matrix(manifest, load_devices(devices), tmp_path / "bench", only_artifacts=["onnx-fp32"])
     path = tmp_path / "bench" / "results.json"
     (first,) = doc["cells"]
-    assert first["status"] == "ok", first["error"]
+    assert first["outcome"] == "ok", first["error"]
     n0 = len(cell_samples(first))
     # a budget in the middle of the measured p50 interval: inconclusive by construction
     lo, hi = first["result"]["stats"]["p50_ci_ms"]
     devices.write_text(DEVICES + f"  - {{device: host, p50_ms: {(lo + hi) / 2:.6f}}}\n")
-    assert run_gate(path, budgets=devices).exit_code == 3
+    assert run_gate(GateConfig(path, budgets=devices)).exit_code == 3
 
     log: list[str] = []
-    out = run_gate(path, budgets=devices, until_conclusive=True, max_rounds=2, time_cap_s=120, log=log.append)
+    config = GateConfig(path, budgets=devices, until_conclusive=True, max_rounds=2, time_cap_s=120)
+    out = run_gate(config, log=log.append)
     (again,) = out.results["cells"]
     rounds = [m for m in log if "round " in m]
     assert rounds and "round 1" in rounds[0]

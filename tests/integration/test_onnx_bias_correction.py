@@ -110,7 +110,8 @@ def test_exporter_changes_only_bias_values(dwnet) -> None:
     changed = sorted(k for k in ia if not np.array_equal(ia[k], ib[k]))
     assert all(k.endswith("bias_quantized") for k in changed), changed
     assert len(changed) == (7 if report["applied"] else 0)
-    assert sorted(p.name for p in fixed.path.parent.iterdir()) == ["dwnet-int8.onnx"]  # no temporaries left
+    # no temporaries left: the artifact and its op map
+    assert sorted(p.name for p in fixed.path.parent.iterdir()) == ["dwnet-int8.onnx", "dwnet-int8.opmap.json"]
 
 
 def test_after_correction_every_conv_mean_is_within_half_a_bias_step(dwnet) -> None:

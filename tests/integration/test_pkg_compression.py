@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from mpk.cli import main
-from packager.manifest import validation_problems
+from mpk.contract import problems
 
 RECIPE = {
     "model": "digits-cnn",
@@ -35,7 +35,7 @@ def test_pruned_distilled_int8_keeps_accuracy_with_half_the_parameters(tmp_path:
     r = CliRunner().invoke(main, ["package", "--recipe", str(recipe), "--out", str(out)])
     assert r.exit_code in (0, 1), r.output
     man = json.loads((out / "manifest.json").read_text())
-    assert validation_problems(man) == []
+    assert problems(man, "manifest") == []
     comp = man["compression"]
     assert comp["structured"]["params_after"] < 0.5 * comp["structured"]["params_before"], comp["structured"]
     assert man["model"]["parameters"] == comp["structured"]["params_after"]
@@ -70,7 +70,7 @@ def test_qat_section_yields_a_verified_int8_qat_artifact(tmp_path: Path) -> None
     r = CliRunner().invoke(main, ["package", "--recipe", str(recipe), "--out", str(out)])
     assert r.exit_code in (0, 1), r.output
     man = json.loads((out / "manifest.json").read_text())
-    assert validation_problems(man) == []
+    assert problems(man, "manifest") == []
     arts = {a["id"]: a for a in man["artifacts"]}
     qat = arts["executorch-int8-qat"]
     assert qat["delegation"]["fraction"] == 1.0, qat["delegation"]

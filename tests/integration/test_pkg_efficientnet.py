@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpk.cli import main
-from packager.manifest import validation_problems
+from mpk.contract import problems
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_efficientnet_lite0_package_meets_done_when(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, args)
     assert r.exit_code in (0, 1), r.output  # 1 = a tolerance missed: the metrics below say which
     man = json.loads((out / "manifest.json").read_text())
-    assert validation_problems(man) == []
+    assert problems(man, "manifest") == []
     arts = {a["id"]: a for a in man["artifacts"]}
     assert man["failures"] == []
 

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from mpk.cli import main
+from mpk.contract import problems, read_manifest
 from mpk.errors import EXIT_INFRA, EXIT_MODEL, EXIT_USAGE, ModelError, OutputNotWritable, UsageError
-from packager.manifest import read_manifest, sha256_path, validation_problems
+from packager.manifest import sha256_path
 from packager.pipeline import PackageResult, package
 from packager.recipe import Recipe
 
@@ -97,7 +98,7 @@ def test_coreml_is_skipped_not_passed_on_linux(digits_pkg: PackageResult) -> Non
 
 def test_manifest_is_schema_valid_and_self_consistent(digits_pkg: PackageResult) -> None:
     man = digits_pkg.manifest
-    assert validation_problems(man) == []
+    assert problems(man, "manifest") == []
     assert read_manifest(digits_pkg.manifest_path) == man
     assert man["schema_version"] == "mpk.manifest/1" and man["data"]["evaluation"]["labelled"] is True
     assert man["data"]["calibration"]["synthetic"] is False
@@ -241,3 +242,115 @@ def test_disk_full_keeps_previous_output(tmp_path: Path, digits_pkg: PackageResu
     assert "disk full" in r.stderr
     assert (out / "manifest.json").read_bytes() == manifest_before
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
+
+
+DEPTHWISE = """
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c2 = torch.nn.Conv2d(16, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+    def forward(self, x):
+        x = torch.relu(self.c1(x)); x = torch.relu(self.dw(x)); x = torch.relu(self.c2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+def make():
+    torch.manual_seed(0)
+    return Net(), (torch.randn(1, 3, 16, 16),)
+"""
+
+
+def test_an_export_never_changes_the_model_the_next_one_exports(tmp_path: Path) -> None:
+    """ExecuTorch int8 bias correction edits conv biases in place, and the converted graph shares them with
+    the user's module. Exported after it, the fp32 artifacts used to carry shifted biases (SNR 61 dB against
+    fp32 PyTorch instead of > 100): every export now gets its own copy of the one captured program."""
+    f = tmp_path / "dw.py"
+    f.write_text(DEPTHWISE)
+    res = package(
+        Recipe(
+            model=f"{f}:make",
+            backends=("executorch", "onnx"),
+            schemes=("int8", "none"),  # int8 first: the fp32 exports come after the correction
+            calibration="random",
+            evaluation="random",
+            eval_count=16,
+            cache=False,
+            out=str(tmp_path / "pkg"),
+        )
+    )
+    et_int8 = _artifact(res, "executorch-int8")
+    assert et_int8["details"]["quantizer"]["bias_correction"]["applied"] is True  # else nothing was tested
+    for art_id in ("executorch-fp32", "onnx-fp32"):
+        snr = _artifact(res, art_id)["verification"]["metrics"]["snr_db"]
+        assert snr > 100, (art_id, snr)
+
+
+CALIBRATION_COUNTER = """
+from pathlib import Path
+import numpy as np
+from packager.models.builtin import digits_split
+
+def train(count):
+    with open(Path(__file__).with_name("calls.txt"), "a") as f:
+        f.write(f"{count}\\n")
+    x, y, _, _ = digits_split()
+    return x[:count], y[:count]
+"""
+
+
+def test_calibration_data_is_loaded_once(tmp_path: Path) -> None:
+    """int8 calibration, pruning's importance and distillation's training set come from one load."""
+    f = tmp_path / "data.py"
+    f.write_text(CALIBRATION_COUNTER)
+    res = package(
+        Recipe(
+            model="digits-cnn",
+            backends=("onnx",),
+            schemes=("int8",),
+            calibration=f"{f}:train",
+            calibration_count=32,
+            eval_count=64,
+            compression={
+                "unstructured": {"amount": 0.3},
+                "distill": {"epochs": 1, "samples": 80, "batch_size": 32, "augment": "none"},
+            },
+            cache=False,
+            out=str(tmp_path / "pkg"),
+        )
+    )
+    assert (tmp_path / "calls.txt").read_text().split() == ["80"]
+    assert res.manifest["data"]["calibration"]["count"] == 32  # int8 ranges from the first 32
+    distill = res.manifest["compression"]["distill"]
+    assert distill["steps"] == 3 and distill["used_labels"] is True  # 80 labelled samples, batches of 32
+    assert _artifact(res, "onnx-int8")["verification"]["status"] == "passed"
+
+
+def test_qat_artifact_goes_through_the_artifact_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    shared = Path(os.environ["MPK_CACHE_DIR"]) / "models"
+    if shared.is_dir():
+        shutil.copytree(shared, cache / "models")
+    monkeypatch.setenv("MPK_CACHE_DIR", str(cache))
+
+    def run(out: str) -> PackageResult:
+        return package(
+            Recipe(
+                model="digits-cnn",
+                backends=("onnx",),
+                schemes=("none",),
+                eval_count=64,
+                compression={"qat": {"epochs": 1, "batch_size": 32, "augment": "none"}},
+                out=str(tmp_path / out),
+            )
+        )
+
+    first, second = run("a"), run("b")
+    a, b = _artifact(first, "executorch-int8-qat"), _artifact(second, "executorch-int8-qat")
+    assert a["cached"] is False and b["cached"] is True
+    assert "compress" in first.timings and "compress" not in second.timings  # no training on the re-run
+    assert a["sha256"] == b["sha256"] and a["verification"] == b["verification"]
+    assert first.manifest["compression"] == second.manifest["compression"]
+    assert a["verification"]["status"] == "passed" and a["verification"]["tolerances"]["min_cosine"] == 0.97
+    assert sha256_path(tmp_path / "b" / b["path"]) == b["sha256"]

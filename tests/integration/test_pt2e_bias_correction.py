@@ -17,7 +17,8 @@ import torch
 from packager.export import pt2e_bias_correction as bc
 from packager.export.base import capture
 from packager.export.bias_correction import closer_to_fp32
-from packager.export.executorch import ExecuTorchExporter, _clamp_aware_quantizer
+from packager.export.executorch import ExecuTorchExporter
+from packager.export.pt2e_quantizer import make_quantizer
 from tests.integration.export_models import DWNet, bias_reports, calibration, loaded
 
 SHAPE = (1, 3, 32, 32)
@@ -30,14 +31,12 @@ def _biases(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def pt2e():
     """(fp32 module, calibration samples, what calibration recorded, the converted int8 graph)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     torch.manual_seed(1)
     model = loaded(DWNet(), SHAPE, "dwnet", in_name="image")
     samples = [tuple(torch.as_tensor(a) for a in s) for s in calibration(SHAPE, n=16, seed=1).samples]
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    prepared = prepare_pt2e(capture(model, "executorch").module(), _clamp_aware_quantizer(config).set_global(config))
+    prepared = prepare_pt2e(capture(model, "executorch").module(), make_quantizer(dynamic=False))
     fp32 = bc.calibrate(prepared, samples)
     return model.module, samples, fp32, convert_pt2e(prepared)
 
@@ -135,8 +134,12 @@ def test_exporter_report_and_a_fully_delegated_pte(tmp_path: Path) -> None:
     model = loaded(DWNet(), SHAPE, "dwnet", in_name="image")
     cal = calibration(SHAPE, n=16, seed=1)
     plain = ExecuTorchExporter(bias_correction=False).export(model, "int8", cal, tmp_path / "plain")
+    before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     fixed = ExecuTorchExporter().export(model, "int8", cal, tmp_path / "fixed")
     report = bias_reports(plain, fixed, layers=7, samples=16)
+    # the correction edits the converted graph's own copies of the biases, never the user's parameters
+    # (convert_pt2e shares the float bias tensors with the module; corrected in place, later exports changed)
+    assert report["applied"] and all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
     # only bias values move: the lowered program has the same ops, all in XNNPACK
     assert fixed.op_summary == plain.op_summary and fixed.delegation == plain.delegation
     assert fixed.delegation["fraction"] == 1.0

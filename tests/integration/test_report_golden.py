@@ -37,9 +37,7 @@ def sample_outcome():
         [
             cell("pixel-7", "executorch-fp32", samples(20, 120, 1), peak_mb=180.0),
             cell("pixel-7", "executorch-int8", samples(9, 120, 2), peak_mb=110.5, top1=0.99),
-            cell(
-                "pixel-7", "coreml-fp16", status="error", error="unsupported: coreml artifacts need macOS", result=None
-            ),
+            cell("pixel-7", "coreml-fp16", outcome="unsupported", error="coreml artifacts need macOS"),
             cell("pixel-7-virtual", "executorch-int8", samples(45, 120, 3), emulated=True, peak_mb=140.0),
         ]
     )

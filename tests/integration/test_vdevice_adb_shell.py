@@ -7,28 +7,18 @@ import json
 import os
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from mpk.errors import DeviceUnauthorized
+from mpk.files import sha256_file
 from runners.transport.adb_shell import AdbShellTransport
 from runners.transport.adbkey import ensure_key, public_key_line
-from runners.transport.base import sha256_file
 from runners.vdevice import protocol as P
 from runners.vdevice.server import VirtualDevice
-
-FAKE_RUNNER = r"""
-import json, sys
-a = sys.argv[1:]
-spec, out, facts = a[a.index("--spec") + 1], a[a.index("--out") + 1], a[a.index("--device-facts") + 1]
-s = json.load(open(spec))
-if s.get("fail"):
-    sys.exit("boom: asked to fail")
-json.dump({"run_id": s["run_id"], "emulated": "--emulated" in a, "device": json.load(open(facts))}, open(out, "w"))
-"""
+from tests.integration.vdevice_helpers import valid_spec, wait_done, write_runner
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +30,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def vd(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]):
     root = tmp_path_factory.mktemp("vd")
-    runner = root / "fake_runner.py"
-    runner.write_text(FAKE_RUNNER)
-    with VirtualDevice(root / "dev", runner_cmd=[sys.executable, str(runner)]) as v:
+    with VirtualDevice(root / "dev", runner_cmd=write_runner(root)) as v:
         v.authorize(public_key_line(keys[0]))
         yield v
 
@@ -142,22 +130,28 @@ def test_unauthenticated_client_cannot_open_shell(vd: VirtualDevice, tmp_path: P
     assert not (vd.device.fs.root / "data/local/tmp/pwned").exists()
 
 
+def _wait_done(t: AdbShellTransport, run_id: str, timeout: float = 30.0) -> str:
+    return wait_done(lambda c: (lambda r: (r.exit_code, r.stdout))(t.shell(c)), run_id, timeout)
+
+
 def _start_bench(t: AdbShellTransport, tmp_path: Path, run_id: str, **extra: object) -> str:
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"run_id": run_id, **extra}))
+    spec.write_text(json.dumps(valid_spec(run_id, **extra)))
     t.push(spec, f"/data/local/tmp/mpk/{run_id}/spec.json")
+    t.push(tmp_path / "model.onnx", f"/data/local/tmp/mpk/{run_id}/model.onnx")
     r = t.shell(f"am start -W -n org.mpk.bench/.BenchmarkActivity --es spec /data/local/tmp/mpk/{run_id}/spec.json")
     assert r.exit_code == 0 and "Status: ok" in r.stdout and "TotalTime:" in r.stdout
-    return t.shell(f"run-as org.mpk.bench cat files/mpk/{run_id}/DONE").stdout.strip()
+    return _wait_done(t, run_id)
 
 
 def test_am_start_runs_runner_and_writes_done(t: AdbShellTransport, tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"not really a model")
     assert _start_bench(t, tmp_path, "run-ok") == "ok"
     res = json.loads(t.shell("run-as org.mpk.bench cat files/mpk/run-ok/result.json").stdout)
     assert res["emulated"] is True
     assert res["device"]["model"] == "mpk Virtual Device" and res["device"]["host_cpu"]
     assert "MPK_DONE run_id=run-ok status=ok" in t.shell("logcat -d -s MpkBench").stdout
-    done = _start_bench(t, tmp_path, "run-bad", fail=True)
+    done = _start_bench(t, tmp_path, "run-bad", device_id="fail")
     assert done.startswith("error:") and "boom" in done
     assert "MPK_DONE run_id=run-bad status=error" in t.shell("logcat -d -s MpkBench").stdout
     assert t.shell("run-as com.other cat x").exit_code == 1
@@ -174,37 +168,33 @@ def test_stop_and_restart_port_is_free(tmp_path: Path, keys: tuple[Path, Path]) 
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-SLOW_RUNNER = r"""
-import json, sys, time
-a = sys.argv[1:]
-spec, out = a[a.index("--spec") + 1], a[a.index("--out") + 1]
-with open(spec + ".count", "a") as f:  # one line per start: proves am start ran exactly once
-    f.write("x\n")
-time.sleep(3.0)
-json.dump({"run_id": json.load(open(spec))["run_id"]}, open(out, "w"))
-"""
-
-
-def test_long_am_start_outlives_connect_timeout_and_runs_once(tmp_path: Path, keys: tuple[Path, Path]) -> None:
-    """A benchmark (am start -W) takes longer than the transport's connect timeout. The shell must wait for it
-    (regression: socket reads used the 1 s connect timeout) and must not start it again on a hiccup."""
-    runner = tmp_path / "slow_runner.py"
-    runner.write_text(SLOW_RUNNER)
-    with VirtualDevice(tmp_path / "dev", runner_cmd=[sys.executable, str(runner)]) as v:
+def test_long_command_outlives_connect_timeout_and_am_start_returns_at_launch(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell command longer than the transport's connect timeout must be waited for (regression: socket reads
+    used the 1 s connect timeout). ``am start -W`` returns once the activity is up, as on a phone, while the
+    benchmark runs on (``pidof`` sees it); DONE comes later, and the runner ran exactly once."""
+    monkeypatch.setenv("MPK_TEST_PIDS", str(tmp_path))
+    with VirtualDevice(tmp_path / "dev", runner_cmd=write_runner(tmp_path / "r")) as v:
         v.authorize(public_key_line(keys[0]))
         tr = AdbShellTransport(v.serial, key_path=keys[0], connect_timeout=1.0)
         try:
-            assert tr.shell("mkdir -p /data/local/tmp/mpk/slow").exit_code == 0
-            spec = tmp_path / "spec.json"
-            spec.write_text(json.dumps({"run_id": "slow"}))
+            assert tr.shell("sleep 1.5; echo slept", timeout=30).stdout == "slept\n"
+            spec, model = tmp_path / "spec.json", tmp_path / "model.onnx"
+            spec.write_text(json.dumps(valid_spec("slow", device_id="sleep:2")))
+            model.write_bytes(b"m")
             tr.push(spec, "/data/local/tmp/mpk/slow/spec.json")
-            r = tr.shell(
-                "am start -W -n org.mpk.bench/.BenchmarkActivity --es spec /data/local/tmp/mpk/slow/spec.json",
-                timeout=30,
-                retry=False,
-            )
-            assert r.exit_code == 0, r.stdout
-            assert tr.shell("run-as org.mpk.bench cat files/mpk/slow/DONE").stdout.strip() == "ok"
-            assert tr.shell("cat /data/local/tmp/mpk/slow/spec.json.count").stdout.count("x") == 1
+            tr.push(model, "/data/local/tmp/mpk/slow/model.onnx")
+            t0 = time.monotonic()
+            r = tr.shell("am start -W -n org.mpk.bench/.BenchmarkActivity --es spec /data/local/tmp/mpk/slow/spec.json",
+                         timeout=30, retry=False)  # fmt: skip
+            assert r.exit_code == 0 and "Status: ok" in r.stdout, r.stdout
+            assert time.monotonic() - t0 < 1.5
+            alive = tr.shell("pidof org.mpk.bench")
+            assert alive.exit_code == 0 and alive.stdout.strip().isdigit()
+            assert _wait_done(tr, "slow") == "ok"
+            assert tr.shell("pidof org.mpk.bench").exit_code == 1
+            assert (tmp_path / "runner.pid").read_text().isdigit()
+            assert len(list((tmp_path / "dev" / "activity").iterdir())) == 0  # private copies cleaned up
         finally:
             tr.close()

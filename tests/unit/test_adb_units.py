@@ -24,7 +24,7 @@ from runners.vdevice import protocol as P
 from runners.vdevice.device import DeviceState
 from runners.vdevice.profile import load_profile
 from runners.vdevice.sandbox import SandboxEscape, SandboxFS
-from runners.vdevice.shell import Shell
+from runners.vdevice.toolbox import device_shell
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def dev(tmp_path: Path) -> DeviceState:
 
 
 def test_shell_chaining_status_and_unknown(dev: DeviceState) -> None:
-    sh = Shell(dev)
+    sh = device_shell(dev)
     assert sh.run("false; echo $?") == (0, b"1\n", b"")
     assert sh.run("false && echo no || echo yes")[1] == b"yes\n"
     code, out, err = sh.run("nosuchcmd --x")
@@ -116,7 +116,7 @@ def test_shell_chaining_status_and_unknown(dev: DeviceState) -> None:
 
 
 def test_shell_files_and_globs(dev: DeviceState) -> None:
-    sh = Shell(dev)
+    sh = device_shell(dev)
     assert sh.run("mkdir -p /data/local/tmp/d && cd /data/local/tmp/d && echo hello > f.txt && pwd")[1] == (
         b"/data/local/tmp/d\n"
     )
@@ -142,9 +142,9 @@ def test_sandbox_refuses_escapes(tmp_path: Path) -> None:
         fs.resolve("/data/local/tmp/link/secret.txt")
     assert fs.resolve("/../../../../etc/passwd") == fs.root / "etc/passwd"  # '..' stops at the sandbox root
     dev = DeviceState(tmp_path / "root")
-    code, out, err = Shell(dev).run("cat /data/local/tmp/link/secret.txt")
+    code, out, err = device_shell(dev).run("cat /data/local/tmp/link/secret.txt")
     assert code == 1 and b"host secret" not in out and b"Permission denied" in err
-    assert Shell(dev).run("echo x > /data/local/tmp/link/new.txt")[0] == 1
+    assert device_shell(dev).run("echo x > /data/local/tmp/link/new.txt")[0] == 1
     assert not (tmp_path / "new.txt").exists()
 
 

@@ -17,20 +17,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KOTLIN = ROOT / "android_app/app/src/main/java/org/mpk/bench/contract/Keys.kt"
 SWIFT = ROOT / "ios_app/Sources/BenchmarkCore/Keys.swift"
-RESULT = json.loads((ROOT / "runners/schemas/runner_result.schema.json").read_text())
-SPEC = json.loads((ROOT / "runners/schemas/runner_spec.schema.json").read_text())
+RESULT = json.loads((ROOT / "mpk/contract/schemas/runner_result.schema.json").read_text())
+SPEC = json.loads((ROOT / "mpk/contract/schemas/runner_spec.schema.json").read_text())
 
 # nested block name -> the schema object it mirrors
 RESULT_BLOCKS = {
     "Top": RESULT,
     "Runner": RESULT["properties"]["runner"],
+    "Runtimes": RESULT["properties"]["runner"]["properties"]["runtimes"],
     "Settings": RESULT["properties"]["settings"],
     "Device": RESULT["$defs"]["device_facts"],
+    "Int8Kernel": RESULT["$defs"]["device_facts"]["properties"]["int8_kernel"],
     "Artifact": RESULT["$defs"]["artifact_result"],
     "Error": RESULT["$defs"]["artifact_result"]["properties"]["error"],
     "Stats": RESULT["$defs"]["stats"],
     "Memory": RESULT["$defs"]["artifact_result"]["properties"]["memory"],
     "Accuracy": RESULT["$defs"]["artifact_result"]["properties"]["accuracy"],
+    "Profile": RESULT["$defs"]["profile"],
+    "ProfileOp": RESULT["$defs"]["profile_op"],
 }
 SPEC_BLOCKS = {
     "Top": SPEC,
@@ -38,6 +42,7 @@ SPEC_BLOCKS = {
     "Reference": SPEC["properties"]["reference"],
     "TensorFile": SPEC["$defs"]["tensor_file"],
     "Artifact": SPEC["properties"]["artifacts"]["items"],
+    "Runtime": SPEC["properties"]["artifacts"]["items"]["properties"]["runtime"],
     "TensorSpec": SPEC["$defs"]["tensor_spec"],
 }
 _LITERAL = {"kotlin": re.compile(r'const val (\w+) = "([^"]*)"'), "swift": re.compile(r'static let (\w+) = "([^"]*)"')}
@@ -101,3 +106,24 @@ def test_writers_use_no_key_outside_result_keys() -> None:
         "ResultKeys.Stats.P90_MS"
         in (ROOT / "android_app/app/src/main/java/org/mpk/bench/contract/Stats.kt").read_text()
     )
+
+
+def test_app_runners_must_report_their_runtimes() -> None:
+    """runner_result.schema.json requires the apps' linked runtime versions in every result."""
+    from mpk.contract import problems as schema_problems
+
+    base = {"schema_version": "mpk.runner-result/1", "run_id": "r", "device_id": "d", "emulated": False,
+            "device": {"model": "m", "abi": "arm64-v8a", "os": "android", "cores": 8},
+            "settings": {"threads": 1, "warmup_iterations": 0, "min_iterations": 1, "min_seconds": 0.0},
+            "started_utc": "2026-01-01T00:00:00Z", "finished_utc": "2026-01-01T00:00:01Z", "artifacts": []}  # fmt: skip
+    android = {**base, "runner": {"name": "android_app", "version": "0.1.0",
+                                  "runtimes": {"executorch": "1.4.1", "onnxruntime": "1.24.3"}}}  # fmt: skip
+    ios = {**base, "runner": {"name": "ios_app", "version": "0.1.0",
+                              "runtimes": {"executorch": "1.4.1", "coreml": "ios 17.4"}}}  # fmt: skip
+    assert schema_problems(android, "runner_result") == [] and schema_problems(ios, "runner_result") == []
+    del android["runner"]["runtimes"]["onnxruntime"]
+    del ios["runner"]["runtimes"]
+    assert any("onnxruntime" in p for p in schema_problems(android, "runner_result"))
+    assert any("runtimes" in p for p in schema_problems(ios, "runner_result"))
+    host = {**base, "runner": {"name": "host", "version": "0.1"}}  # other runners may omit them
+    assert schema_problems(host, "runner_result") == []

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from mpk.errors import EXIT_USAGE, ConfigError, UsageError
-from runners.devices import RunSettings, load_devices, parse_devices
+from runners.config import load_devices, parse_devices
+from runners.devices import RunSettings
 
 
 def test_shipped_devices_yaml_loads(repo_root: Path) -> None:
@@ -70,7 +71,6 @@ def test_unknown_transport_and_bad_affinity_and_address() -> None:
 
 
 def test_budget_problems_are_merged_into_the_same_error() -> None:
-    pytest.importorskip("runners.gate.budgets")
     raw = {"version": 2, "devices": [{"id": "h", "kind": "host"}], "budgets": [{"device": "h", "p90ms": 3}]}
     with pytest.raises(ConfigError) as ei:
         parse_devices(raw)
@@ -86,6 +86,12 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         load_devices(f)
     with pytest.raises(UsageError, match="not found"):
         load_devices(tmp_path / "nope.yaml")
+    f.write_bytes(b"version: 1\ndevices: [\xff\xfe]\n")
+    with pytest.raises(UsageError, match=r"not UTF-8 text \(byte 0xff at offset 21\)"):
+        load_devices(f)
+    f.write_text("version: 1\nversion: 1\ndevices: [{id: h, kind: host}]\n")
+    with pytest.raises(ConfigError, match="line 2: duplicate key 'version' \\(first at line 1\\)"):
+        load_devices(f)
 
 
 def test_settings_merge_defaults_device_and_flags() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mpk.errors import ConfigError
-from runners.gate.budgets import load_budgets, parse_budgets, resolve
+from runners.config import load_budgets
+from runners.gate.budgets import parse_budgets, resolve
 from tests.gate_factory import DEVICES_YAML
 
 
@@ -67,3 +68,13 @@ def test_budgets_only_file(tmp_path) -> None:
     path.write_text("budgets:\n  - {artifact: '*-int8', p50_ms: 12}\n")
     (rule,) = load_budgets(path)
     assert rule.artifact == "*-int8" and rule.limits == {"p50_ms": 12.0}
+
+
+def test_duplicate_key_is_refused_not_last_one_wins(tmp_path) -> None:
+    """``{p90_ms: 0.02, p90_ms: 500}``: plain YAML keeps 500 without a word and the gate would pass at 500 ms."""
+    path = tmp_path / "devices.yaml"
+    path.write_text(DEVICES_YAML + "  - {device: pixel-7, p90_ms: 0.02, p90_ms: 500}\n")
+    with pytest.raises(ConfigError) as e:
+        load_budgets(path)
+    assert e.value.exit_code == 2 and "duplicate key 'p90_ms'" in e.value.message
+    assert "line 7" in e.value.message

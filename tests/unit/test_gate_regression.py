@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from runners.gate import evaluate
 from runners.gate.regression import baseline_from_results, compare_samples
 from tests.gate_factory import cell, results, samples
@@ -46,3 +48,22 @@ def test_emulated_never_compared_with_real_baseline() -> None:
     real_now = results([cell("pixel-7", "onnx-int8", samples(10, 200, 21))])
     out = evaluate(real_now, [], baseline_lookup=baseline_from_results(emu_base, "base.json"))
     assert out.checks == [] and any("no real-device baseline" in n for n in out.notes)
+
+
+def test_mann_whitney_matches_scipy_with_ties() -> None:
+    """The gate's numpy Mann-Whitney (so the light install needs no scipy) is scipy's asymptotic test."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from runners.gate.regression import mann_whitney_p
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n1, n2 = rng.integers(1, 80, 2)
+        decimals = int(rng.integers(0, 3))  # rounding makes ties, which change the variance
+        a = np.round(rng.lognormal(0, 0.1, n1) * 10, decimals)
+        b = np.round(rng.lognormal(0.05 * rng.standard_normal(), 0.1, n2) * 10, decimals)
+        if np.ptp(np.concatenate([a, b])) == 0:
+            continue
+        want = mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue
+        assert mann_whitney_p(a, b) == pytest.approx(want, rel=1e-9, abs=1e-15)

@@ -1,7 +1,7 @@
 import Foundation
 
 // Every JSON key the app writes (ResultKeys) or reads (SpecKeys), one nested enum per object of
-// runners/schemas/runner_result.schema.json / runner_spec.schema.json. mpk's tests/unit/test_apps_contract_keys.py
+// mpk/contract/schemas/runner_result.schema.json / runner_spec.schema.json. mpk's tests/unit/test_apps_contract_keys.py
 // checks these literals against the schemas, so the writers must use only these names.
 
 public enum ResultKeys {
@@ -26,6 +26,13 @@ public enum ResultKeys {
         public static let runtimes = "runtimes"
     }
 
+    /// runner.runtimes: the runtime versions the app links (onnxruntime is the Android app's)
+    public enum Runtimes {
+        public static let executorch = "executorch"
+        public static let onnxruntime = "onnxruntime"
+        public static let coreml = "coreml"
+    }
+
     public enum Settings {
         public static let threads = "threads"
         public static let cpuAffinity = "cpu_affinity"
@@ -33,6 +40,7 @@ public enum ResultKeys {
         public static let minIterations = "min_iterations"
         public static let minSeconds = "min_seconds"
         public static let maxSeconds = "max_seconds"
+        public static let profile = "profile"
     }
 
     public enum Device {
@@ -49,6 +57,13 @@ public enum ResultKeys {
         public static let temperaturesCBefore = "temperatures_c_before"
         public static let temperaturesCAfter = "temperatures_c_after"
         public static let battery = "battery"
+        public static let cpuFeatures = "cpu_features"
+        public static let int8Kernel = "int8_kernel"
+    }
+
+    public enum Int8Kernel {
+        public static let name = "name"
+        public static let saturates = "saturates"
     }
 
     public enum Artifact {
@@ -65,6 +80,7 @@ public enum ResultKeys {
         public static let stats = "stats"
         public static let memory = "memory"
         public static let accuracy = "accuracy"
+        public static let profile = "profile"
     }
 
     public enum Error {
@@ -102,6 +118,46 @@ public enum ResultKeys {
         public static let cosine = "cosine"
         public static let snrDb = "snr_db"
         public static let top1Agreement = "top1_agreement"
+        public static let top1Counted = "top1_counted"
+    }
+
+    /// $defs.profile: the separate profiled pass after the timed loop (Profile.swift)
+    public enum Profile {
+        public static let status = "status"
+        public static let method = "method"
+        public static let granularity = "granularity"
+        public static let runtime = "runtime"
+        public static let kernel = "kernel"
+        public static let runs = "runs"
+        public static let ops = "ops"
+        public static let perRunMs = "per_run_ms"
+        public static let profiledMs = "profiled_ms"
+        public static let unprofiledP50Ms = "unprofiled_p50_ms"
+        public static let unprofiledMeanMs = "unprofiled_mean_ms"
+        public static let vsP50 = "vs_p50"
+        public static let overhead = "overhead"
+        public static let attributedShare = "attributed_share"
+        public static let sourceMap = "source_map"
+        public static let limits = "limits"
+        public static let notes = "notes"
+    }
+
+    /// $defs.profile_op: one row (module, unit and source are filled in by mpk from the package's op map)
+    public enum ProfileOp {
+        public static let name = "name"
+        public static let opType = "op_type"
+        public static let provider = "provider"
+        public static let delegated = "delegated"
+        public static let calls = "calls"
+        public static let totalMs = "total_ms"
+        public static let meanMs = "mean_ms"
+        public static let share = "share"
+        public static let module = "module"
+        public static let unit = "unit"
+        public static let source = "source"
+        public static let estimated = "estimated"
+        public static let opCounts = "op_counts"
+        public static let delegatedOps = "delegated_ops"
     }
 }
 
@@ -124,6 +180,7 @@ public enum SpecKeys {
         public static let minIterations = "min_iterations"
         public static let minSeconds = "min_seconds"
         public static let maxSeconds = "max_seconds"
+        public static let profile = "profile"
     }
 
     public enum Reference {
@@ -149,6 +206,15 @@ public enum SpecKeys {
         public static let extraFiles = "extra_files"
         public static let inputs = "inputs"
         public static let outputs = "outputs"
+        public static let runtime = "runtime"
+    }
+
+    /// artifacts[].runtime: what the artifact needs (the app checks it, `Compat`)
+    public enum Runtime {
+        public static let runtime = "runtime"
+        public static let minVersion = "min_version"
+        public static let fileIdentifier = "file_identifier"
+        public static let specVersion = "spec_version"
     }
 
     public enum TensorSpec {

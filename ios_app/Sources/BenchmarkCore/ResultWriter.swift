@@ -9,9 +9,12 @@ public struct ArtifactOutcome {
     public var firstInferenceMs: Double? = nil
     public var warmupIterations = 0
     public var samplesMs: [Double] = []
-    /// phys_footprint: baseline before load, peak over load + inference (MB = 2^20 bytes)
+    /// baseline before the model loads (runtime already loaded), peak up to the end of the timed loop (MB = 2^20 bytes)
     public var memory: (baseline: Double, peak: Double)? = nil
+    public var memorySource = "task_info(TASK_VM_INFO) phys_footprint, peak sampled"
     public var accuracy: [String: Any]? = nil
+    /// the profiled pass (Profile.swift), when the spec asked for one
+    public var profile: [String: Any]? = nil
 
     public init(artifact: Spec.Artifact) { self.artifact = artifact }
 
@@ -23,7 +26,7 @@ public struct ArtifactOutcome {
         if let m = memory {
             mem = [ResultKeys.Memory.baselineRssMb: m.baseline, ResultKeys.Memory.peakRssMb: m.peak,
                    ResultKeys.Memory.riseMb: m.peak - m.baseline, ResultKeys.Memory.pssMb: NSNull(),
-                   ResultKeys.Memory.source: "task_info(TASK_VM_INFO) phys_footprint, peak sampled"]
+                   ResultKeys.Memory.source: memorySource]
         }
         return [
             ResultKeys.Artifact.id: artifact.id, ResultKeys.Artifact.backend: artifact.backend,
@@ -33,6 +36,7 @@ public struct ArtifactOutcome {
             ResultKeys.Artifact.warmupIterations: warmupIterations, ResultKeys.Artifact.iterations: samplesMs.count,
             ResultKeys.Artifact.samplesMs: samplesMs, ResultKeys.Artifact.stats: stats,
             ResultKeys.Artifact.memory: mem, ResultKeys.Artifact.accuracy: accuracy ?? NSNull(),
+            ResultKeys.Artifact.profile: profile ?? NSNull(),
         ]
     }
 }
@@ -42,6 +46,8 @@ public struct DeviceFacts {
     public var manufacturer: String? = "Apple", soc: String? = nil, osVersion: String? = nil
     public var temperaturesBefore: [String: Double] = [:], temperaturesAfter: [String: Double] = [:]
     public var battery: [String: Any]? = nil
+    /// int8-relevant CPU features ("neon", "dotprod", "i8mm"; see CpuInt8); nil where unreadable
+    public var cpuFeatures: [String]? = nil
     public init() {}
 
     public func toJSON() -> [String: Any] {
@@ -55,6 +61,11 @@ public struct DeviceFacts {
             ResultKeys.Device.temperaturesCBefore: temperaturesBefore,
             ResultKeys.Device.temperaturesCAfter: temperaturesAfter,
             ResultKeys.Device.battery: battery ?? NSNull(),
+            ResultKeys.Device.cpuFeatures: cpuFeatures ?? NSNull(),
+            ResultKeys.Device.int8Kernel: cpuFeatures.map { features -> [String: Any] in
+                let k = CpuInt8.kernel(abi: abi, features: features)
+                return [ResultKeys.Int8Kernel.name: k.name, ResultKeys.Int8Kernel.saturates: k.saturates]
+            } ?? NSNull(),
         ]
     }
 }
@@ -77,6 +88,7 @@ public enum ResultWriter {
                 ResultKeys.Settings.warmupIterations: s.warmupIterations,
                 ResultKeys.Settings.minIterations: s.minIterations, ResultKeys.Settings.minSeconds: s.minSeconds,
                 ResultKeys.Settings.maxSeconds: s.maxSeconds ?? NSNull(),
+                ResultKeys.Settings.profile: s.profile,
             ] as [String: Any],
             ResultKeys.Top.startedUtc: started,
             ResultKeys.Top.finishedUtc: finished,

@@ -1,12 +1,14 @@
 import Foundation
 
-/// A parsed runner spec (runners/schemas/runner_spec.schema.json). Paths are relative to `dir`.
+/// A parsed runner spec (mpk/contract/schemas/runner_spec.schema.json). Paths are relative to `dir`.
 public struct Spec {
     public struct Settings {
         public let threads, warmupIterations, minIterations: Int
         public let cpuAffinity: [Int]?
         public let minSeconds: Double
         public let maxSeconds: Double?
+        /// a separate profiled pass per artifact after its timed loop (mpk bench --profile)
+        public var profile = false
     }
 
     public struct TensorFile {
@@ -21,9 +23,24 @@ public struct Spec {
         public let inputs, outputs: [TensorFile]
     }
 
+    /// One tensor of the artifact's signature, in the manifest's order (CoreML binds its features by these names).
+    public struct TensorSpec {
+        public let name, dtype: String
+        public let shape: [Any]
+    }
+
+    /// What the artifact needs at run time (the manifest's artifacts[].runtime; see `Compat`).
+    public struct RuntimeRequirement {
+        public let runtime: String
+        public let minVersion, fileIdentifier: String?
+        public let specVersion: Int?
+    }
+
     public struct Artifact {
         public let id, backend, scheme, path, sha256: String
         public let extraFiles: [String]
+        public let inputs, outputs: [TensorSpec]
+        public let runtime: RuntimeRequirement?
     }
 
     public let runId, deviceId: String
@@ -58,7 +75,8 @@ public struct Spec {
             minIterations: int(s, SpecKeys.Settings.minIterations, "settings"),
             cpuAffinity: s[SpecKeys.Settings.cpuAffinity] as? [Int],
             minSeconds: (s[SpecKeys.Settings.minSeconds] as? NSNumber)?.doubleValue ?? 0,
-            maxSeconds: (s[SpecKeys.Settings.maxSeconds] as? NSNumber)?.doubleValue)
+            maxSeconds: (s[SpecKeys.Settings.maxSeconds] as? NSNumber)?.doubleValue,
+            profile: (s[SpecKeys.Settings.profile] as? Bool) ?? false)
         func files(_ v: Any?, _ w: String) -> [TensorFile] {
             (v as? [[String: Any]] ?? []).enumerated().map { i, m in
                 TensorFile(name: str(m, SpecKeys.TensorFile.name, "\(w)[\(i)]"),
@@ -74,13 +92,31 @@ public struct Spec {
                                   inputs: files(r[SpecKeys.Reference.inputs], "reference.inputs"),
                                   outputs: files(r[SpecKeys.Reference.outputs], "reference.outputs"))
         }
+        func tensors(_ v: Any?) -> [TensorSpec] {
+            (v as? [[String: Any]] ?? []).map {
+                TensorSpec(name: $0[SpecKeys.TensorSpec.name] as? String ?? "",
+                           dtype: $0[SpecKeys.TensorSpec.dtype] as? String ?? "float32",
+                           shape: $0[SpecKeys.TensorSpec.shape] as? [Any] ?? [])
+            }
+        }
+        func requirement(_ v: Any?, _ w: String) -> RuntimeRequirement? {
+            guard let v = v else { return nil }
+            guard let m = v as? [String: Any] else { p.append("\(w): expected an object"); return nil }
+            return RuntimeRequirement(runtime: str(m, SpecKeys.Runtime.runtime, w),
+                                      minVersion: m[SpecKeys.Runtime.minVersion] as? String,
+                                      fileIdentifier: m[SpecKeys.Runtime.fileIdentifier] as? String,
+                                      specVersion: m[SpecKeys.Runtime.specVersion] as? Int)
+        }
         let arts = (root[SpecKeys.Top.artifacts] as? [[String: Any]] ?? []).enumerated().map { i, m in
             Artifact(id: str(m, SpecKeys.Artifact.id, "artifacts[\(i)]"),
                      backend: str(m, SpecKeys.Artifact.backend, "artifacts[\(i)]"),
                      scheme: str(m, SpecKeys.Artifact.scheme, "artifacts[\(i)]"),
                      path: str(m, SpecKeys.Artifact.path, "artifacts[\(i)]"),
                      sha256: str(m, SpecKeys.Artifact.sha256, "artifacts[\(i)]"),
-                     extraFiles: m[SpecKeys.Artifact.extraFiles] as? [String] ?? [])
+                     extraFiles: m[SpecKeys.Artifact.extraFiles] as? [String] ?? [],
+                     inputs: tensors(m[SpecKeys.Artifact.inputs]),
+                     outputs: tensors(m[SpecKeys.Artifact.outputs]),
+                     runtime: requirement(m[SpecKeys.Artifact.runtime], "artifacts[\(i)].runtime"))
         }
         if arts.isEmpty { p.append("artifacts: expected a non-empty array") }
         if !p.isEmpty { throw SpecError(problems: p) }

@@ -2,7 +2,7 @@ package org.mpk.bench.contract
 
 /**
  * Every JSON key the app writes into result.json, one nested object per object
- * of runners/schemas/runner_result.schema.json.
+ * of mpk/contract/schemas/runner_result.schema.json.
  *
  * Why all keys live here: mpk's test (tests/unit/test_apps_contract_keys.py)
  * reads the `const val` literals of each nested object below and checks they
@@ -33,6 +33,13 @@ object ResultKeys {
         const val RUNTIMES = "runtimes"
     }
 
+    /** properties.runner.properties.runtimes: the runtime versions the app links (coreml is the iOS app's) */
+    object Runtimes {
+        const val EXECUTORCH = "executorch"
+        const val ONNXRUNTIME = "onnxruntime"
+        const val COREML = "coreml"
+    }
+
     /** properties.settings */
     object Settings {
         const val THREADS = "threads"
@@ -41,6 +48,7 @@ object ResultKeys {
         const val MIN_ITERATIONS = "min_iterations"
         const val MIN_SECONDS = "min_seconds"
         const val MAX_SECONDS = "max_seconds"
+        const val PROFILE = "profile"
     }
 
     /** $defs.device_facts */
@@ -58,6 +66,14 @@ object ResultKeys {
         const val TEMPERATURES_C_BEFORE = "temperatures_c_before"
         const val TEMPERATURES_C_AFTER = "temperatures_c_after"
         const val BATTERY = "battery"
+        const val CPU_FEATURES = "cpu_features"
+        const val INT8_KERNEL = "int8_kernel"
+    }
+
+    /** $defs.device_facts.int8_kernel */
+    object Int8Kernel {
+        const val NAME = "name"
+        const val SATURATES = "saturates"
     }
 
     /** $defs.artifact_result */
@@ -75,6 +91,46 @@ object ResultKeys {
         const val STATS = "stats"
         const val MEMORY = "memory"
         const val ACCURACY = "accuracy"
+        const val PROFILE = "profile"
+    }
+
+    /** $defs.profile: the separate profiled pass after the timed loop (contract/Profile.kt) */
+    object Profile {
+        const val STATUS = "status"
+        const val METHOD = "method"
+        const val GRANULARITY = "granularity"
+        const val RUNTIME = "runtime"
+        const val KERNEL = "kernel"
+        const val RUNS = "runs"
+        const val OPS = "ops"
+        const val PER_RUN_MS = "per_run_ms"
+        const val PROFILED_MS = "profiled_ms"
+        const val UNPROFILED_P50_MS = "unprofiled_p50_ms"
+        const val UNPROFILED_MEAN_MS = "unprofiled_mean_ms"
+        const val VS_P50 = "vs_p50"
+        const val OVERHEAD = "overhead"
+        const val ATTRIBUTED_SHARE = "attributed_share"
+        const val SOURCE_MAP = "source_map"
+        const val LIMITS = "limits"
+        const val NOTES = "notes"
+    }
+
+    /** $defs.profile_op: one op row (module, unit and source are filled in by mpk from the package's op map) */
+    object ProfileOp {
+        const val NAME = "name"
+        const val OP_TYPE = "op_type"
+        const val PROVIDER = "provider"
+        const val DELEGATED = "delegated"
+        const val CALLS = "calls"
+        const val TOTAL_MS = "total_ms"
+        const val MEAN_MS = "mean_ms"
+        const val SHARE = "share"
+        const val MODULE = "module"
+        const val UNIT = "unit"
+        const val SOURCE = "source"
+        const val ESTIMATED = "estimated"
+        const val OP_COUNTS = "op_counts"
+        const val DELEGATED_OPS = "delegated_ops"
     }
 
     /** $defs.artifact_result.properties.error */
@@ -116,12 +172,13 @@ object ResultKeys {
         const val COSINE = "cosine"
         const val SNR_DB = "snr_db"
         const val TOP1_AGREEMENT = "top1_agreement"
+        const val TOP1_COUNTED = "top1_counted"
     }
 }
 
 /**
  * Every key the app reads from spec.json, one nested object per object of
- * runners/schemas/runner_spec.schema.json. mpk's test checks each literal is a
+ * mpk/contract/schemas/runner_spec.schema.json. mpk's test checks each literal is a
  * property of that schema object, so a typo fails in CI, not on a phone.
  */
 object SpecKeys {
@@ -143,6 +200,7 @@ object SpecKeys {
         const val MIN_ITERATIONS = "min_iterations"
         const val MIN_SECONDS = "min_seconds"
         const val MAX_SECONDS = "max_seconds"
+        const val PROFILE = "profile"
     }
 
     object Reference {
@@ -168,6 +226,14 @@ object SpecKeys {
         const val EXTRA_FILES = "extra_files"
         const val INPUTS = "inputs"
         const val OUTPUTS = "outputs"
+        const val RUNTIME = "runtime"
+    }
+
+    /** properties.artifacts.items.properties.runtime: what the artifact needs (the app checks it, [Compat]) */
+    object Runtime {
+        const val RUNTIME = "runtime"
+        const val MIN_VERSION = "min_version"
+        const val FILE_IDENTIFIER = "file_identifier"
     }
 
     object TensorSpec {

@@ -14,7 +14,10 @@ data class DeviceFacts(
     val hostCpu: String?,
     val temperaturesCBefore: Map<String, Double>,
     val temperaturesCAfter: Map<String, Double>,
-    val battery: Map<String, Any?>?
+    val battery: Map<String, Any?>?,
+    /** CPU features int8 kernels depend on and ORT's int8 kernel on them ([CpuInt8]); null where unreadable */
+    val cpuFeatures: List<String>? = null,
+    val int8Kernel: Pair<String, Boolean>? = null
 ) {
     fun toMap(): Map<String, Any?> = linkedMapOf(
         ResultKeys.Device.MODEL to model,
@@ -29,7 +32,11 @@ data class DeviceFacts(
         ResultKeys.Device.HOST_CPU to hostCpu,
         ResultKeys.Device.TEMPERATURES_C_BEFORE to temperaturesCBefore,
         ResultKeys.Device.TEMPERATURES_C_AFTER to temperaturesCAfter,
-        ResultKeys.Device.BATTERY to battery
+        ResultKeys.Device.BATTERY to battery,
+        ResultKeys.Device.CPU_FEATURES to cpuFeatures,
+        ResultKeys.Device.INT8_KERNEL to int8Kernel?.let {
+            linkedMapOf(ResultKeys.Int8Kernel.NAME to it.first, ResultKeys.Int8Kernel.SATURATES to it.second)
+        }
     )
 }
 
@@ -63,9 +70,15 @@ class ArtifactOutcome(
     val warmupIterations: Int = 0,
     val samplesMs: DoubleArray = DoubleArray(0),
     val memory: MemoryReading? = null,
-    val accuracy: Map<String, Any?>? = null
+    val accuracy: Map<String, Any?>? = null,
+    /** the profiled pass (contract/Profile.kt), when the spec asked for one */
+    val profile: Map<String, Any?>? = null
 ) {
     val ok: Boolean get() = errorKind == null
+
+    fun withProfile(p: Map<String, Any?>): ArtifactOutcome = ArtifactOutcome(
+        artifact, errorKind, errorMessage, loadMs, firstInferenceMs, warmupIterations, samplesMs, memory, accuracy, p
+    )
 
     fun toMap(): Map<String, Any?> {
         val stats = if (ok && samplesMs.isNotEmpty()) LatencyStats.fromSamples(samplesMs).toMap() else null
@@ -86,7 +99,8 @@ class ArtifactOutcome(
             ResultKeys.Artifact.SAMPLES_MS to samplesMs.toList(),
             ResultKeys.Artifact.STATS to stats,
             ResultKeys.Artifact.MEMORY to memory?.toMap(),
-            ResultKeys.Artifact.ACCURACY to accuracy
+            ResultKeys.Artifact.ACCURACY to accuracy,
+            ResultKeys.Artifact.PROFILE to profile
         )
     }
 }
@@ -122,7 +136,8 @@ object ResultWriter {
                 ResultKeys.Settings.WARMUP_ITERATIONS to s.warmupIterations,
                 ResultKeys.Settings.MIN_ITERATIONS to s.minIterations,
                 ResultKeys.Settings.MIN_SECONDS to s.minSeconds,
-                ResultKeys.Settings.MAX_SECONDS to s.maxSeconds
+                ResultKeys.Settings.MAX_SECONDS to s.maxSeconds,
+                ResultKeys.Settings.PROFILE to s.profile
             ),
             ResultKeys.Top.STARTED_UTC to startedUtc,
             ResultKeys.Top.FINISHED_UTC to finishedUtc,

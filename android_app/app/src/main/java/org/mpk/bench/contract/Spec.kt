@@ -9,7 +9,9 @@ data class Settings(
     val warmupIterations: Int,
     val minIterations: Int,
     val minSeconds: Double,
-    val maxSeconds: Double?
+    val maxSeconds: Double?,
+    /** a separate profiled pass per artifact after its timed loop (mpk bench --profile) */
+    val profile: Boolean = false
 )
 
 /** One reference tensor file: N samples of [shape] stacked along a new leading axis, raw little-endian. */
@@ -22,6 +24,9 @@ data class Reference(val samples: Int, val task: String, val inputs: List<Tensor
 
 data class TensorSpec(val name: String, val shape: List<Any?>, val dtype: String)
 
+/** What the artifact needs at run time (the manifest's artifacts[].runtime; see [Compat]). */
+data class RuntimeRequirement(val runtime: String, val minVersion: String?, val fileIdentifier: String?)
+
 data class ArtifactSpec(
     val id: String,
     val backend: String,
@@ -30,7 +35,8 @@ data class ArtifactSpec(
     val sha256: String,
     val extraFiles: List<String>,
     val inputs: List<TensorSpec>,
-    val outputs: List<TensorSpec>
+    val outputs: List<TensorSpec>,
+    val runtime: RuntimeRequirement? = null
 )
 
 /**
@@ -70,7 +76,8 @@ data class Spec(
                 minIterations = int(s, SpecKeys.Settings.MIN_ITERATIONS, "settings", p) ?: 1,
                 minSeconds = (s?.get(SpecKeys.Settings.MIN_SECONDS) as? Number)?.toDouble()
                     ?: 0.0.also { p.add("settings.min_seconds: expected a number") },
-                maxSeconds = (s?.get(SpecKeys.Settings.MAX_SECONDS) as? Number)?.toDouble()
+                maxSeconds = (s?.get(SpecKeys.Settings.MAX_SECONDS) as? Number)?.toDouble(),
+                profile = s?.get(SpecKeys.Settings.PROFILE) == true
             )
             val ref = (root[SpecKeys.Top.REFERENCE] as? Map<*, *>)?.let { r ->
                 Reference(
@@ -95,7 +102,8 @@ data class Spec(
                     sha256 = str(m, SpecKeys.Artifact.SHA256, w, p),
                     extraFiles = (m[SpecKeys.Artifact.EXTRA_FILES] as? List<*>)?.map { it.toString() } ?: emptyList(),
                     inputs = tensorSpecs(m[SpecKeys.Artifact.INPUTS]),
-                    outputs = tensorSpecs(m[SpecKeys.Artifact.OUTPUTS])
+                    outputs = tensorSpecs(m[SpecKeys.Artifact.OUTPUTS]),
+                    runtime = requirement(m[SpecKeys.Artifact.RUNTIME], "$w.runtime", p)
                 )
             }
             if (p.isNotEmpty()) throw SpecException(p)
@@ -133,6 +141,20 @@ data class Spec(
                     dtype = dtype
                 )
             }
+
+        private fun requirement(v: Any?, where: String, p: MutableList<String>): RuntimeRequirement? {
+            if (v == null) return null
+            val m = v as? Map<*, *>
+            if (m == null) {
+                p.add("$where: expected an object")
+                return null
+            }
+            return RuntimeRequirement(
+                runtime = str(m, SpecKeys.Runtime.RUNTIME, where, p),
+                minVersion = m[SpecKeys.Runtime.MIN_VERSION] as? String,
+                fileIdentifier = m[SpecKeys.Runtime.FILE_IDENTIFIER] as? String
+            )
+        }
 
         private fun tensorSpecs(v: Any?): List<TensorSpec> =
             (v as? List<*> ?: emptyList<Any?>()).map { t ->

@@ -6,6 +6,7 @@ import android.content.IntentFilter
 import android.os.BatteryManager
 import android.os.Build
 import java.io.File
+import org.mpk.bench.contract.CpuInt8
 import org.mpk.bench.contract.DeviceFacts
 
 /**
@@ -13,12 +14,14 @@ import org.mpk.bench.contract.DeviceFacts
  * different files down under SELinux, and a missing governor is reported as null, never guessed.
  */
 object DeviceInfo {
-    fun facts(context: Context, temperaturesBefore: Map<String, Double>, temperaturesAfter: Map<String, Double>) =
-        DeviceFacts(
+    fun facts(context: Context, temperaturesBefore: Map<String, Double>, temperaturesAfter: Map<String, Double>): DeviceFacts {
+        val abi = Build.SUPPORTED_ABIS.firstOrNull() ?: "unknown"
+        val features = readText("/proc/cpuinfo")?.let { CpuInt8.features(it) }
+        return DeviceFacts(
             model = Build.MODEL,
             manufacturer = Build.MANUFACTURER,
             soc = if (Build.VERSION.SDK_INT >= 31) Build.SOC_MODEL else null,
-            abi = Build.SUPPORTED_ABIS.firstOrNull() ?: "unknown",
+            abi = abi,
             os = "android",
             osVersion = Build.VERSION.RELEASE,
             cores = cpuCount(),
@@ -29,8 +32,11 @@ object DeviceInfo {
             hostCpu = if (isEmulator()) hostCpu() else null,
             temperaturesCBefore = temperaturesBefore,
             temperaturesCAfter = temperaturesAfter,
-            battery = battery(context)
+            battery = battery(context),
+            cpuFeatures = features,
+            int8Kernel = features?.let { CpuInt8.kernel(abi, it) }
         )
+    }
 
     /** Cores present, not just online: big cores may be hot-unplugged while idle. */
     fun cpuCount(): Int {

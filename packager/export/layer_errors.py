@@ -1,0 +1,205 @@
+""" "Which layer lost it": per-layer error of an int8 model against fp32, and the float-fallback search built on it.
+
+Both int8 exporters measure the same thing (ONNX through ONNX Runtime's QDQ debugging tools, ExecuTorch on the
+PT2E graph, see their modules): for each layer, the SNR of its int8 output against the fp32 output at the same
+point of the graph, over the calibration samples. That SNR is cumulative (it carries every error made upstream), so
+each layer is ranked by what it *adds*: ``loss_db`` = the worst SNR among its inputs minus the SNR of its output.
+A worked example: a linear whose input arrives at 38 dB and whose output leaves at 21 dB lost 17 dB itself; the
+LayerNorm after it, at 20 dB, lost 1 dB and is not the culprit even though its SNR is lower.
+
+:func:`search` is ``--float-fallback auto``: quantize, check the calibration outputs against the scheme's tolerance,
+and while they miss it keep the worst layers (by ``loss_db``) in float, 1, then 2, 4, 8 ... more per round, until
+the tolerance is met or nothing is left to keep. The manifest gets the layers kept in float (with their module paths
+and source lines) and what that cost in size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+#: rows of the per-layer table stored in the manifest (the worst first); the summary prints the first five
+TABLE_ROWS = 20
+#: calibration samples the per-layer measurement runs on (past a handful the ranking stops moving)
+LAYER_SAMPLES = 8
+
+
+@dataclass
+class LayerError:
+    """One layer of the table. ``name``: the graph's node; ``module``: the PyTorch module path it came from
+    (``encoder.layer.1.attention.self.query``); ``source``: ``file.py:LINE`` of the user's code that made it."""
+
+    name: str
+    op: str
+    snr_db: float
+    loss_db: float
+    module: str | None = None
+    source: str | None = None
+    quantized: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["snr_db"], d["loss_db"] = round(self.snr_db, 2), round(self.loss_db, 2)
+        return d
+
+    def label(self) -> str:
+        where = self.module or self.name
+        src = f" ({self.source})" if self.source else ""
+        return f"{where} [{self.op}]{src}: {self.snr_db:.1f} dB, lost {self.loss_db:.1f} dB"
+
+
+def snr_db(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+    """SNR of ``got`` against ``ref`` over all samples, :func:`mpk.metrics.snr_db`'s definition."""
+    from mpk.metrics import snr_db as metric
+
+    r = np.concatenate([np.asarray(a, np.float64).reshape(1, -1) for a in ref], axis=1)
+    g = np.concatenate([np.asarray(a, np.float64).reshape(1, -1) for a in got], axis=1)
+    return metric(r, g)
+
+
+def rank(
+    snrs: dict[str, float], inputs: dict[str, list[str]], ops: dict[str, str], quantized: set[str]
+) -> list[LayerError]:
+    """The table: each measured layer with its SNR and what it lost (``loss_db``, see the module docstring),
+    worst first. ``inputs[name]``: the nearest measured layers feeding ``name``; a quantized layer with none is fed
+    by the graph's inputs (exact: 200 dB); a float one with none found is given no loss of its own."""
+    from mpk.metrics import SNR_CAP_DB
+
+    rows = []
+    for name, snr in snrs.items():
+        feeding = [snrs[i] for i in inputs.get(name, []) if i in snrs]
+        upstream = min(feeding) if feeding else (SNR_CAP_DB if name in quantized else snr)
+        rows.append(LayerError(name, ops.get(name, "?"), snr, max(0.0, upstream - snr), quantized=name in quantized))
+    rows.sort(key=lambda r: (-r.loss_db, r.snr_db))
+    return rows
+
+
+def table(rows: list[LayerError], *, samples: int, where: str) -> dict[str, Any]:
+    """The manifest's ``layer_errors``: the worst :data:`TABLE_ROWS` layers and how they were measured."""
+    return {
+        "measured_on": f"{samples} calibration samples, {where}",
+        "layers_measured": len(rows),
+        "worst": [r.to_dict() for r in rows[:TABLE_ROWS]],
+    }
+
+
+def worst_lines(layer_errors: dict[str, Any] | None, n: int = 5) -> list[str]:
+    """The ``n`` worst layers of a manifest's ``layer_errors``, one line each (the summary and error messages)."""
+    if not layer_errors:
+        return []
+    return [LayerError(**row).label() for row in layer_errors.get("worst", [])[:n]]
+
+
+# --- where a node came from ------------------------------------------------------------------------------------
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+
+
+def _is_library(path: str) -> bool:
+    return "site-packages" in path or "/torch/" in path or "/packager/" in path or path.startswith("<")
+
+
+def source_line(stack_trace: str | None) -> str | None:
+    """``models.py:88`` from a torch.fx node's ``stack_trace``: the innermost frame outside torch and mpk.
+
+    Transformers' own files count as the user's: they hold the layer's code (``modeling_bert.py:312``).
+    """
+    if not stack_trace:
+        return None
+    frames = [m for m in _FRAME.finditer(stack_trace) if not _is_library(m.group(1)) or "transformers" in m.group(1)]
+    if not frames:
+        return None
+    m = frames[-1]
+    return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}"
+
+
+def module_path(nn_module_stack: dict[str, Any] | None) -> str | None:
+    """The innermost module path of a torch.fx node's ``nn_module_stack`` (``encoder.layer.0.output.dense``)."""
+    if not nn_module_stack:
+        return None
+    path, _ = list(nn_module_stack.values())[-1]
+    path = str(path)
+    # torch.export writes L['self'].encoder.layer[0] style paths on some versions; normalise to dotted
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path).replace("._modules['", ".").replace("']", "")
+    return path or None
+
+
+# --- the float-fallback search -----------------------------------------------------------------------------------
+
+Q = TypeVar("Q")
+
+
+@dataclass
+class Attempt(Generic[Q]):
+    """One quantization with some layers kept in float, and how it did on the calibration samples."""
+
+    quantized: Q
+    floats: frozenset[str]
+    missed: list[str]
+    metrics: dict[str, Any]
+    rows: list[LayerError] = field(default_factory=list)
+
+
+def search(
+    quantize: Callable[[frozenset[str]], Q],
+    evaluate: Callable[[Q], tuple[list[str], dict[str, Any]]],
+    layers: Callable[[Q], list[LayerError]],
+    *,
+    enabled: bool,
+    max_rounds: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Attempt[Q], dict[str, Any] | None]:
+    """Quantize; when ``enabled`` and the calibration outputs miss the tolerance, keep the worst layers in float.
+
+    ``quantize(floats)`` quantizes with the nodes ``floats`` left in float; ``evaluate(q)`` gives the tolerances
+    it misses on the calibration samples and its metrics; ``layers(q)`` the per-layer table, worst first.
+    Returns the attempt to ship (the first that meets the tolerance, else the one with the best cosine) and the
+    report (None when the search was not needed or not enabled).
+    """
+    first = quantize(frozenset())
+    missed, metrics = evaluate(first)
+    attempt = Attempt(first, frozenset(), missed, metrics)
+    if not enabled or not missed:
+        return attempt, None
+    tried = [attempt]
+    step = 1
+    for _ in range(max_rounds):
+        attempt.rows = attempt.rows or layers(attempt.quantized)
+        candidates = [r.name for r in attempt.rows if r.quantized and r.name not in attempt.floats and r.loss_db > 0]
+        if not candidates:
+            break
+        floats = attempt.floats | frozenset(candidates[:step])
+        if progress:
+            progress(f"float fallback: {len(floats)} layer(s) in float")
+        q = quantize(floats)
+        missed, metrics = evaluate(q)
+        attempt = Attempt(q, floats, missed, metrics)
+        tried.append(attempt)
+        if not missed:
+            break
+        step *= 2
+    best = attempt if not attempt.missed else max(tried, key=lambda a: _score(a.metrics))
+    report = {
+        "mode": "auto",
+        "met_tolerance": not best.missed,
+        "rounds": len(tried) - 1,
+        "before": _rounded(tried[0].metrics),
+        "after": _rounded(best.metrics),
+        "missed": best.missed,
+    }
+    return best, report
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    c = metrics.get("cosine")
+    return c if isinstance(c, float) and math.isfinite(c) else -1.0
+
+
+def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items() if v is not None}
