@@ -573,7 +573,7 @@ def load_compression_file(path: Path) -> tuple[CompressionConfig, dict[str, Any]
 
 
 def compression_overrides(
-    base: dict[str, Any] | None,
+    base: dict[str, Any] | CompressionConfig | None,
     *,
     prune: float | None = None,
     method: str | None = None,
@@ -595,6 +595,8 @@ def compression_overrides(
     """
     from packager.compress import check_ratio
 
+    if isinstance(base, CompressionConfig):  # a Recipe holds its section parsed; the flags edit the mapping
+        base = base.to_dict()
     given = [prune, method, scope, threshold, target, distill_minutes]
     if all(v is None for v in given):
         return base

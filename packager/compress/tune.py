@@ -892,7 +892,9 @@ def config_from_recipe(recipe: Recipe, **overrides: Any) -> TuneConfig:
     data, seed and *every* compression section, parsed by the same code as ``mpk package``."""
     from packager.compress.recipe_io import parse_compression
 
-    comp = parse_compression(recipe.compression, "recipe") if recipe.compression else CompressionConfig()
+    comp = recipe.compression
+    if not isinstance(comp, CompressionConfig):  # a Recipe parses its section; a mapping is parsed the same way
+        comp = parse_compression(comp, "recipe") if comp else CompressionConfig()
     kw: dict[str, Any] = {
         "model": recipe.model,
         "backend": recipe.backends[0],
