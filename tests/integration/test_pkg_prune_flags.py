@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mpk.cli import main
-from packager.manifest import validation_problems
+from mpk.contract import problems as schema_problems
 
 MODEL = """
 import numpy as np
@@ -73,7 +73,7 @@ def test_prune_flag_on_a_user_py_model_packages_int8_end_to_end(tmp_path: Path) 
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     man = json.loads((out / "manifest.json").read_text())
-    assert validation_problems(man) == []
+    assert schema_problems(man, "manifest") == []
     s = man["compression"]["structured"]
     assert s["config"]["ratio"] == 0.3
     assert {g["kept"] for g in s["groups"]} == {8} and s["params_after"] < 0.5 * s["params_before"]
