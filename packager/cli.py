@@ -195,6 +195,18 @@ def render_summary(
     default=None,
     help="Static int8 (ExecuTorch, ONNX): correct Conv biases for int8's mean shift on calibration data (default on).",
 )
+@click.option("--prune", "prune", type=float, help="Prune before export: ratio in [0, 1) (structured: of channels).")
+@click.option("--prune-method", type=click.Choice(["structured", "unstructured"]), help="Default structured.")
+@click.option(
+    "--prune-scope", type=click.Choice(["global", "local"]), help="Rank channels/weights across layers or per layer."
+)
+@click.option(
+    "--prune-target",
+    type=click.Choice(["channels", "macs", "params"]),
+    help="Structured: what --prune removes (macs/params: allocated by measured per-group sensitivity).",
+)
+@click.option("--prune-threshold", type=float, help="Unstructured: zero every weight with |w| below this.")
+@click.option("--distill-minutes", type=float, help="Distil the pruned model from the original for up to N minutes.")
 @click.option(
     "--onnx-reduce-range/--no-onnx-reduce-range",
     "onnx_reduce_range",
@@ -235,7 +247,22 @@ def package(recipe_file: str | None, dry_run: bool, no_cache: bool, verbose: boo
 
     if no_cache:
         flags["cache"] = False
+    pruning = {k: flags.pop(k) for k in ("prune", "prune_method", "prune_scope", "prune_target", "prune_threshold")}
+    distill_minutes = flags.pop("distill_minutes")
     recipe = Recipe.build(recipe_file, **flags)
+    if any(v is not None for v in pruning.values()) or distill_minutes is not None:
+        from packager.compress.recipe_io import compression_overrides
+
+        compression = compression_overrides(
+            recipe.compression,
+            prune=pruning["prune"],
+            method=pruning["prune_method"],
+            scope=pruning["prune_scope"],
+            threshold=pruning["prune_threshold"],
+            target=pruning["prune_target"],
+            distill_minutes=distill_minutes,
+        )
+        recipe = recipe.replace(compression=compression)  # validated again, with the recipe's own checks
     if dry_run:
         click.echo(recipe.to_yaml(), nl=False)
         return

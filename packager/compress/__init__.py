@@ -1,18 +1,26 @@
-"""Compression that pays on a phone: pruning, recovery (distillation, QAT), mixed precision, recipe search.
+"""Compression that pays on a phone: pruning, recovery (distillation, QAT), mixed precision, the search for how much.
 
 Each step is a plain function over an ``nn.Module`` with a frozen config
 dataclass, so the pipeline, ``mpk tune`` and a Python caller run the same code:
 
-* :mod:`.unstructured` - magnitude pruning to a sparsity target. Honest about
-  size: a dense artifact does not shrink, only its zstd-compressed form does.
-* :mod:`.structured` - channel pruning with torch-pruning's dependency graph.
-  This is what makes a model smaller *and* faster on a phone.
-* :mod:`.distill` - knowledge distillation from the unpruned model, works on
-  unlabelled calibration images.
+* :mod:`.groups` - channel groups (coupled channels) from torch-pruning's dependency graph, and the MACs and
+  parameters a plan leaves, predicted without pruning.
+* :mod:`.stats` - what each layer reading a group sees: mean and variance per column, from the calibration data
+  and from the model's own BatchNorm statistics.
+* :mod:`.structured` - channel pruning: mpk scores and picks every channel, folds removed channels' mean into the
+  consumers' biases. This is what makes a model smaller *and* faster on a phone.
+* :mod:`.allocate` - per-group sensitivity (each group cut alone, measured) and the allocation of per-group
+  ratios that reaches a MAC or parameter target at the least predicted loss.
+* :mod:`.recovery` - after pruning, before training: least-squares refit of consumers and BatchNorm
+  re-estimation relative to the original model, each guarded by agreement on guard data.
+* :mod:`.unstructured` - magnitude pruning to a sparsity target or threshold. Honest about size: a dense
+  artifact does not shrink, only its zstd-compressed form does.
+* :mod:`.distill` - knowledge distillation from the unpruned model (strong augmentation, guarded).
+* :mod:`.synthesize` - data-free recovery data: images optimised to match the model's BatchNorm statistics.
 * :mod:`.qat` - PT2E quantization-aware training for the ExecuTorch/XNNPACK path.
 * :mod:`.sensitivity` - per-layer quantization sensitivity and mixed precision.
-* :mod:`.tune` - grid search over prune ratio x scheme under an accuracy floor.
-* :mod:`.recipe_io` - the ``compression:`` recipe section (parse, validate, apply).
+* :mod:`.tune` - ``mpk tune``: the largest MAC reduction meeting a floor on held-out data.
+* :mod:`.recipe_io` - the ``compression:`` recipe section (parse, validate, apply) and ``mpk package``'s flags.
 
 This module imports no torch so ``mpk --help`` stays fast; it only holds the
 argument checks every step shares.

@@ -57,10 +57,19 @@ class MixedPrecisionPlan:
 
 
 def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
-    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` (batches of the first output), per
-    :mod:`mpk.metrics`: the numbers verification and the bench report, rounded for the table."""
-    m = metrics.compare([np.concatenate(ref)], [np.concatenate(out)], classifier=True)
-    return {k: round(float(m[k]), 3 if k == "snr_db" else 6) for k in ("snr_db", "cosine", "top1_agreement")}  # type: ignore[arg-type]
+    """SNR (dB), cosine and top-1 agreement of ``out`` vs ``ref`` (one array per batch, first output only), per
+    :mod:`mpk.metrics`: the numbers verification and the bench report, rounded for the table. A first output
+    of one value per sample has no top-1, and neither has a batch with no clear top-1: both count as 1.0
+    (nothing to disagree on)."""
+    r = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in ref])
+    o = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in out])
+    m = metrics.compare([r], [o], classifier=r.shape[-1] > 1)
+    top1 = m["top1_agreement"]
+    return {
+        "snr_db": round(float(m["snr_db"]), 3),  # type: ignore[arg-type]
+        "cosine": round(float(m["cosine"]), 6),  # type: ignore[arg-type]
+        "top1_agreement": round(float(top1), 6) if top1 is not None else 1.0,
+    }
 
 
 def _run(module: Any, batches: list[tuple[torch.Tensor, ...]]) -> list[np.ndarray]:

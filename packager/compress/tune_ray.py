@@ -1,4 +1,4 @@
-"""``mpk tune --ray``: every (prune ratio, scheme) trial of the grid is one Ray task.
+"""``mpk tune --ray``: every (channel ratio, scheme) trial of the grid is one Ray task.
 
 :class:`RayTrials` is what :func:`packager.compress.tune.run_tune` calls at the one place it runs trials:
 ``run(cfg, specs, work, echo)`` takes the grid as ``[(ratio, scheme), ...]`` and returns one ``Trial`` per
@@ -26,6 +26,11 @@ search algorithms and schedulers (ASHA, PBT, Bayesian) have nothing to act on; T
 trial that does not report, which is exactly the trial the time budget is for; and on a 2-core machine a
 Tune grid of four trivial trials took 12.5 s against 0.8 s as tasks (Ray 2.60). If the search ever becomes
 adaptive, Tune is the place for it.
+
+Only the grid (``--target channels``: uniform ratios x schemes) goes to Ray. The MAC/parameter search is a
+bisection, one amount at a time, each picked from the last pass or miss, so it has no independent trials to
+spread; ``mpk tune --ray`` with the search (or a one-variant replay) is refused with exit 2 rather than run
+locally behind the user's back.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def run_one_trial(cfg: Any, ratio: float, scheme: str) -> tuple[Any, list[tuple[
     from packager.compress.tune import run_tune
 
     with tempfile.TemporaryDirectory(prefix="mpk-trial-") as tmp:
-        one = dataclasses.replace(cfg, prune=(ratio,), schemes=(scheme,))
+        one = dataclasses.replace(cfg, amounts=(ratio,), schemes=(scheme,))
         [trial] = run_tune(one, Path(tmp), progress=False).trials
         files: list[tuple[str, str, bytes]] = []
         if trial.artifact:
@@ -154,8 +159,8 @@ class RayTrials:
                 trial, files = o.value
                 trials[o.index] = _land(trial, files, Path(work))
             else:
-                trials[o.index] = Trial(prune=ratio, scheme=scheme, status=o.status, error=o.error,
-                                        seconds=round(o.seconds, 2))  # fmt: skip
+                trials[o.index] = Trial(prune=ratio, scheme=scheme, target=cfg.target, status=o.status,
+                                        error=o.error, seconds=round(o.seconds, 2))  # fmt: skip
             echo(_trial_line(trials[o.index]))
 
         cpus = float(cfg.threads or 1)

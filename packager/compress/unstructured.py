@@ -28,18 +28,28 @@ ZSTD_LEVEL = 19
 class UnstructuredPruneConfig:
     """``amount=0.5, scope="global"`` zeroes the 50% smallest |w| across all chosen layers together.
 
-    ``scope="local"`` zeroes ``amount`` of each layer separately. ``layers=None``
+    ``scope="local"`` zeroes ``amount`` of each layer separately. ``threshold=0.01`` instead zeroes every
+    weight with |w| < 0.01 (an absolute cut; ``amount`` is then ignored and may be 0). ``layers=None``
     means every Conv and Linear weight.
     """
 
-    amount: float
+    amount: float = 0.0
     scope: Literal["local", "global"] = "global"
     layers: list[str] | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amount", check_ratio(self.amount, "unstructured amount"))
         if self.scope not in ("local", "global"):
             raise UsageError(f"unstructured scope must be 'local' or 'global', got {self.scope!r}")
+        if self.threshold is not None:
+            t = self.threshold
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or t < 0:
+                raise UsageError(
+                    f"unstructured threshold must be a number >= 0, got {t!r}",
+                    hint="weights with |w| below it are zeroed; a negative threshold means nothing",
+                )
+            object.__setattr__(self, "threshold", float(t))
 
 
 @dataclass
@@ -51,6 +61,7 @@ class SparsityReport:
     layers: list[dict[str, Any]] = field(default_factory=list)
     total_params: int = 0
     zero_params: int = 0
+    threshold: float | None = None
 
     @property
     def sparsity(self) -> float:
@@ -93,7 +104,14 @@ def prune_unstructured(model: torch.nn.Module, cfg: UnstructuredPruneConfig) -> 
     names = check_layer_names(cfg.layers, layers) if cfg.layers is not None else list(layers)
     if not names:
         raise UsageError("the model has no Conv or Linear layer to prune")
-    if cfg.amount > 0:
+    if cfg.threshold is not None:
+        import torch
+
+        with torch.no_grad():
+            for n in names:
+                w = layers[n].weight
+                w.masked_fill_(w.abs() < cfg.threshold, 0.0)
+    elif cfg.amount > 0:
         params = [(layers[n], "weight") for n in names]
         if cfg.scope == "global":
             prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=cfg.amount)
@@ -108,7 +126,9 @@ def prune_unstructured(model: torch.nn.Module, cfg: UnstructuredPruneConfig) -> 
 
 def sparsity_report(model: torch.nn.Module, names: list[str], cfg: UnstructuredPruneConfig) -> SparsityReport:
     layers = prunable_layers(model)
-    rep = SparsityReport(scope=cfg.scope, amount=cfg.amount)
+    rep = SparsityReport(
+        scope=cfg.scope if cfg.threshold is None else "threshold", amount=cfg.amount, threshold=cfg.threshold
+    )
     for n in names:
         w = layers[n].weight.detach()
         zeros = int((w == 0).sum())

@@ -138,12 +138,13 @@ def test_qat_after_pruning_exports_int8(digits, pruned, tmp_path: Path) -> None:
     assert _pte_accuracy(art.path, test) >= _torch_accuracy(model.module, test) - 0.015
 
 
-def test_tune_pareto_and_recipe_replays_to_same_result(tmp_path: Path) -> None:
+def test_tune_grid_pareto_and_recipe_replays_to_same_result(tmp_path: Path) -> None:
     from packager.compress.tune import TuneConfig, format_result, replay_config, run_tune, save_recipe
 
     cfg = TuneConfig(
         model="digits-cnn",
-        prune=(0.0, 0.5),
+        target="channels",
+        amounts=(0.0, 0.5),
         schemes=("int8",),
         floor={"top1_agreement": 0.9},
         distill=DistillConfig(**DISTILL, samples=256),
@@ -153,6 +154,9 @@ def test_tune_pareto_and_recipe_replays_to_same_result(tmp_path: Path) -> None:
     )
     res = run_tune(cfg, tmp_path / "trials", progress=False)
     assert [t.status for t in res.trials] == ["ok", "ok"]
+    # the floor is checked on the held-out test split, never on what pruning or distillation saw
+    assert res.held_out_samples == 450 and "test split" in res.held_out
+    assert any("overlaps the held-out" in n for n in res.notes)
     assert res.pareto and res.chosen is not None and res.chosen.meets_floor
     small = res.trials[1]
     assert small.size_bytes < res.trials[0].size_bytes and small.parameters < res.trials[0].parameters
@@ -171,3 +175,90 @@ def test_tune_pareto_and_recipe_replays_to_same_result(tmp_path: Path) -> None:
     )
     assert (t.top1_agreement, t.accuracy) == (small.top1_agreement, small.accuracy)
     assert Path(t.artifact).read_bytes() == Path(small.artifact).read_bytes()
+
+
+def test_tune_search_finds_a_mac_cut_under_the_floor_and_names_what_limited_it(tmp_path: Path) -> None:
+    """Search mode on digits: sensitivity once, bisection over MAC reductions, held-out floor, the chosen plan
+    exported; the saved recipe replays through mpk package's Recipe to the same pruned model."""
+    import yaml
+
+    from packager.compress.tune import TuneConfig, format_result, replay_config, run_tune, save_recipe
+
+    cfg = TuneConfig(
+        model="digits-cnn",
+        target="macs",
+        amounts=(0.2, 0.5, 0.8, 0.95),
+        schemes=("fp32",),
+        floor={"top1_agreement": 0.97},
+        sensitivity_ratios=(0.25, 0.5, 0.75),
+        calibration_count=64,
+        latency_iters=3,
+        budget_seconds=300,
+    )
+    res = run_tune(cfg, tmp_path / "t", progress=False)
+    search = [t for t in res.trials if t.scheme == "pytorch-fp32"]
+    assert search and all(t.status == "ok" for t in search)
+    assert res.sensitivity and {r["group"] for r in res.sensitivity} >= {"0", "2"}
+    assert res.chosen is not None and res.chosen.meets_floor and res.chosen.mac_reduction >= 0.2
+    # amounts that round (channels in multiples of 8) to the chosen plan tie with it; any bigger cut missed
+    assert all(t.top1_agreement < 0.97 for t in search if t.mac_reduction > res.chosen.mac_reduction)
+    assert res.limiting, "a failing plan beyond the chosen one names the groups it had to cut further"
+    table = format_result(res)
+    assert "limited by" in table and "chosen (top1_agreement>=0.97 on held-out)" in table
+    exported = [t for t in res.trials if t.scheme == "fp32"]
+    assert [t.prune for t in exported] == [0.0, res.chosen.prune]
+    assert exported[1].size_bytes < exported[0].size_bytes
+    recipe = save_recipe(res, tmp_path / "r.yaml")
+    assert recipe["compression"]["structured"]["per_layer"] == res.chosen.per_layer
+    [replayed] = run_tune(replay_config(tmp_path / "r.yaml", latency_iters=3), tmp_path / "re", progress=False).trials
+    assert (replayed.parameters, replayed.top1_agreement) == (exported[1].parameters, exported[1].top1_agreement)
+    # the replay reads the recipe like mpk package: a misspelt key is refused, with its path
+    bad = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    bad["compression"]["structured"]["ratoi"] = 0.1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    from mpk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"compression\.structured\.ratoi"):
+        replay_config(tmp_path / "bad.yaml")
+
+
+def test_replay_applies_every_compression_section(tmp_path: Path) -> None:
+    """A recipe with only an unstructured section used to be replayed as 'prune 0' (the section dropped)."""
+    import yaml
+
+    from packager.compress.tune import replay_config, run_tune
+
+    spec = {
+        "model": "digits-cnn",
+        "backends": ["executorch"],
+        "schemes": ["fp32"],
+        "calibration_count": 32,
+        "compression": {"unstructured": {"amount": 0.6, "scope": "global"}},
+    }
+    (tmp_path / "u.yaml").write_text(yaml.safe_dump(spec))
+    cfg = replay_config(tmp_path / "u.yaml", latency_iters=2)
+    assert cfg.compression is not None and cfg.compression.unstructured is not None
+    assert cfg.calibration_count == 32 and cfg.eval_count == 96  # the Recipe's defaults, as mpk package's
+    [t] = run_tune(cfg, tmp_path / "t", progress=False).trials
+    assert t.status == "ok" and t.prune == 0.6
+    from packager.compress.unstructured import measure_sizes
+
+    unpruned = run_tune(
+        replay_config(_write(tmp_path / "n.yaml", {**spec, "compression": None}), latency_iters=2),
+        tmp_path / "n",
+        progress=False,
+    ).trials[0]
+    assert measure_sizes(Path(t.artifact)).compressed_bytes < measure_sizes(Path(unpruned.artifact)).compressed_bytes
+    # a qat section yields its own already-int8 artifact in the replay, as in mpk package
+    qat = {"epochs": 1, "optimizer": "adam", "lr": 0.0005, "batch_size": 64, "augment": "none"}
+    cfg = replay_config(_write(tmp_path / "q.yaml", {**spec, "compression": {"qat": qat}}), latency_iters=2)
+    trials = run_tune(cfg, tmp_path / "q", progress=False).trials
+    assert [t.scheme for t in trials] == ["fp32", "int8-qat"] and all(t.status == "ok" for t in trials)
+    assert trials[1].size_bytes < 0.5 * trials[0].size_bytes and trials[1].top1_agreement > 0.9
+
+
+def _write(path: Path, spec: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return path

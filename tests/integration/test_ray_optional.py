@@ -51,8 +51,8 @@ def test_bench_without_ray_never_imports_it(tmp_path: Path) -> None:
 
 
 def test_tune_without_ray_never_imports_it(tmp_path: Path) -> None:
-    args = ["--prune", "0", "--schemes", "fp32", "--eval-count", "16", "--calibration-count", "8",
-            "--latency-iters", "2", "--floor", "top1_agreement=0.5"]  # fmt: skip
+    args = ["--target", "channels", "--prune", "0", "--schemes", "fp32", "--eval-count", "16",
+            "--calibration-count", "8", "--latency-iters", "2", "--floor", "top1_agreement=0.5"]  # fmt: skip
     r = _mpk(["tune", "--model", "digits-cnn", *args], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "chosen (size, top1_agreement>=0.5): prune 0 + fp32" in r.stdout

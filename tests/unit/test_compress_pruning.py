@@ -91,16 +91,3 @@ def test_structured_per_layer_and_global(net: Net) -> None:
 def test_taylor_needs_calibration(net: Net) -> None:
     with pytest.raises(UsageError, match="taylor"):
         prune_structured(net, EX, StructuredPruneConfig(ratio=0.25, importance="taylor"))
-
-
-def test_bn_recalibration_matches_data_statistics() -> None:
-    from packager.compress.distill import recalibrate_bn
-
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
-    x = torch.randn(64, 3, 8, 8) * 3 + 1
-    assert recalibrate_bn(m, x, batch_size=16) == 1
-    with torch.no_grad():
-        y = m[0](x)
-    torch.testing.assert_close(m[1].running_mean, y.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
-    assert m[1].momentum == 0.1 and not m.training  # settings restored

@@ -261,11 +261,34 @@ def test_no_cluster_at_the_address_is_exit_4_before_anything_is_loaded(tmp_path:
     devices.write_text(yaml.safe_dump({"version": 1, "devices": [{"id": "h", "kind": "host", "host": "lab-1"}]}))
     (tmp_path / "m.json").write_text("{}")
     for argv in (["bench", str(tmp_path / "m.json"), "--devices", str(devices), "--out", str(tmp_path / "out"),
-                  "--ray", "127.0.0.1:1"], ["tune", "--model", "digits-cnn", "--ray", "127.0.0.1:1"]):  # fmt: skip
+                  "--ray", "127.0.0.1:1"],
+                 ["tune", "--model", "digits-cnn", "--target", "channels", "--ray", "127.0.0.1:1"]):  # fmt: skip
         r = CliRunner().invoke(main, argv)
         assert r.exit_code == 4, r.output
         assert "no Ray cluster answers at 127.0.0.1:1" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--target", "params"], ["--replay", "{recipe}"]])
+def test_tune_ray_with_the_search_or_a_replay_is_refused_in_one_line(extra: list[str], tmp_path: Path) -> None:
+    """The search is sequential (bisection) and a replay is one variant: --ray is refused (exit 2) before any
+    model is loaded or Ray imported, never silently run locally."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "digits-cnn", "compression": {"structured": {"ratio": 0.25}}}))
+    args = [a.format(recipe=recipe) for a in extra]
+    argv = ["tune", *(args if "--replay" in args else ["--model", "digits-cnn", *args]), "--ray", "127.0.0.1:1"]
+    probe = (
+        "import sys\nfrom mpk.cli import run\ntry:\n    run(sys.argv[1:])\nfinally:\n"
+        "    print('torch imported' if 'torch' in sys.modules else 'torch not imported', file=sys.stderr)\n"
+        "    print('ray imported' if 'ray' in sys.modules else 'ray not imported', file=sys.stderr)\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: --ray runs the independent trials of a grid (--target channels)"), r.stderr
+    assert lines[1:] == ["torch not imported", "ray not imported"], r.stderr
 
 
 def test_ray_only_flags_without_ray_are_usage_errors(tmp_path: Path) -> None:
