@@ -59,13 +59,33 @@ def _preprocess(src: Path, external: bool) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = src.with_name(src.name.replace(".fp32.onnx", ".pre.onnx"))
+    skip_symbolic = False
     try:
         quant_pre_process(str(src), str(pre), save_as_external_data=external)
     except TypeError:
+        skip_symbolic = True
         # ORT's symbolic shape inference crashes on some graphs ("object of type 'NoneType' has no len()", seen on
         # an HF Whisper encoder and an LSTM); ONNX's own shape inference and the fusions still run without it
         quant_pre_process(str(src), str(pre), save_as_external_data=external, skip_symbolic_shape=True)
+    if not _loads(pre):
+        # ORT's optimizer can write a graph ORT itself then refuses ("Attempt to replace the existing tensor":
+        # an HF DistilBERT's folded constants); shape inference without the fusions gives a loadable one
+        again = {"skip_symbolic_shape": skip_symbolic, "skip_optimization": True}
+        quant_pre_process(str(src), str(pre), save_as_external_data=external, **again)
     return pre
+
+
+def _loads(path: Path) -> bool:
+    """Whether ONNX Runtime builds a session of ``path`` with its default graph optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # the refusal is handled here; ORT would also print it as an error
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # any refusal means: do not quantize from this graph
+        return False
+    return True
 
 
 def _feeds(names: list[str], dataset: Dataset) -> list[dict[str, np.ndarray]]:
