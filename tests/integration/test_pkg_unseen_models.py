@@ -178,7 +178,9 @@ def test_a_step_past_its_limit_is_reported_and_the_rest_is_written(models: Path,
             while True:
                 torch.zeros(1)
 
-    res = package(_recipe(models, tmp_path, "outlier", schemes=("none",), step_timeout=2), exporters={"onnx": Stuck()})
+    # the limit bounds every step, the ExecuTorch export and verification beside it too: 30 s leaves them room on a
+    # busy 2-core CI machine (2 s failed there), and is still what ends the stuck one
+    res = package(_recipe(models, tmp_path, "outlier", schemes=("none",), step_timeout=30), exporters={"onnx": Stuck()})
     (f,) = res.failures
-    assert f["backend"] == "onnx" and "did not finish within 2 s" in f["error"]
+    assert f["backend"] == "onnx" and "did not finish within 30 s" in f["error"], res.failures
     assert [a["id"] for a in res.manifest["artifacts"]] == ["executorch-fp32"]
