@@ -73,10 +73,11 @@ def run_entry(
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
         code, text = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        code, text = -1, f"{e.stdout or ''}{e.stderr or ''}"
+    except subprocess.TimeoutExpired as e:  # its captured output comes back as bytes, text=True or not
+        code = -1
+        text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
     seconds = time.perf_counter() - t0
-    (work / entry.name / "log.txt").write_text(text if isinstance(text, str) else text.decode(errors="replace"))
+    (work / entry.name / "log.txt").write_text(text)
     wanted = [
         (b, SCHEME_NAMES.get(s, s))
         for b in backends.split(",")
@@ -84,6 +85,10 @@ def run_entry(
     ]
     cells = _cells(entry, out / "manifest.json", wanted, code, text)
     note = "" if code >= 0 else f"mpk did not end within {timeout:.0f} s"
+    if code < 0:
+        done = [ln.lstrip("✓ ").strip() for ln in text.splitlines() if ln.startswith("✓")]
+        for cell in cells:
+            cell.reason = note + (f" (last step finished: {done[-1]})" if done else "")
     return Run(entry.name, code, seconds, "Traceback (most recent call last)" in text, cells, note)
 
 
