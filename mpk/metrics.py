@@ -18,7 +18,8 @@ leading axis is the sample. The worked example used below, two samples of one 2-
     0.853553
 
 * :func:`snr_db`: 10*log10(sum ref^2 / sum (got - ref)^2) over all samples at once (5 / 1 here),
-  200 dB for an exact match and never more (JSON has no infinity)::
+  200 dB for an exact match and never more, -200 dB for a reference of zeros that ``got`` is not (JSON has no
+  infinity); a tiny reference is not floored, so an all-zero ``got`` of a 1e-25 reference is 0 dB, not 185::
 
     >>> round(snr_db(ref, got), 4), snr_db(ref, ref)
     (6.9897, 200.0)
@@ -116,12 +117,15 @@ def cosine(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """10*log10(signal / noise) over all samples; 200 (:data:`SNR_CAP_DB`) when exact, never above it."""
+    """10*log10(signal / noise) over all samples; 200 (:data:`SNR_CAP_DB`) when exact, within [-200, 200]."""
     r, g = _pair(ref, got)
     noise = float(np.sum((g - r) ** 2))
     if noise == 0:
         return SNR_CAP_DB
-    return float(min(SNR_CAP_DB, 10 * np.log10(max(float(np.sum(r**2)), 1e-30) / noise)))
+    signal = float(np.sum(r**2))
+    if signal == 0:
+        return -SNR_CAP_DB
+    return float(np.clip(10 * np.log10(signal / noise), -SNR_CAP_DB, SNR_CAP_DB))
 
 
 def max_abs_error(ref: np.ndarray, got: np.ndarray) -> float:

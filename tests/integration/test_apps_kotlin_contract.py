@@ -98,8 +98,13 @@ def _accuracy_cases() -> list[tuple[list[list[np.ndarray]], list[list[np.ndarray
     scaled_pred = [[(o + rng.normal(0, 0.5, o.shape)).astype(np.float32) for o in s] for s in scaled_ref]
     zero = [[np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)]]
     one_zero_pred = [[np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)], *noisy[1:]]
+    # a reference of ~1e-25 (a random-init MobileNetV2's logits) answered with zeros: 0 dB, no energy floor;
+    # and a reference of zeros answered with noise: -200 dB
+    tiny = [[(o * 1e-25).astype(np.float64) for o in s] for s in ref]
+    tiny_zero = [[np.zeros_like(o) for o in s] for s in tiny]
+    all_zero = [[np.zeros_like(o) for o in s] for s in ref]
     return [(noisy, ref), (ref, ref), (scaled_pred, scaled_ref), (zero + noisy[1:], zero + ref[1:]),
-            (one_zero_pred, ref)]  # fmt: skip
+            (one_zero_pred, ref), (tiny_zero, tiny), (noisy, all_zero)]  # fmt: skip
 
 
 def _stack(per_sample: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -116,9 +121,13 @@ def test_accuracy_matches_mpk_metrics(harness) -> None:
     for (pred, ref), kt in zip(cases, got, strict=True):
         py = compare(_stack(ref), _stack(pred), classifier=True)
         for k in ("cosine", "snr_db", "max_abs_error", "top1_agreement"):
+            if py[k] is None:  # no clear top-1 at all (a reference of zeros): neither side invents one
+                assert kt[k] is None, k
+                continue
             assert kt[k] == pytest.approx(py[k], rel=1e-9, abs=1e-12), k
         assert kt["samples"] == len(ref) and kt["top1_counted"] == py["top1_counted"]
     exact, scaled, both_zero, one_zero = got[1], got[2], got[3], got[4]
+    assert got[5]["snr_db"] == pytest.approx(0.0, abs=1e-9) and got[6]["snr_db"] == -200.0
     assert exact["snr_db"] == 200.0 and exact["cosine"] == pytest.approx(1.0) and exact["top1_agreement"] == 1.0
     pooled = np.concatenate([o.ravel() for s in _accuracy_cases()[2][0] for o in s]).astype(np.float64)
     pooled_ref = np.concatenate([o.ravel() for s in _accuracy_cases()[2][1] for o in s]).astype(np.float64)

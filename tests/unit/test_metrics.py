@@ -40,6 +40,16 @@ def test_snr_is_capped_at_200_and_exact_is_200() -> None:
     assert metrics.snr_db(ref, ref * 1.1) == pytest.approx(20.0)
 
 
+def test_snr_of_a_tiny_reference_is_not_floored() -> None:
+    """A random-init HF MobileNetV2 gives fp32 logits of ~1e-25 and its int8 .pte gives zeros: that is 0 dB (all of
+    the reference lost), where a 1e-30 floor under the signal energy reported 185 dB."""
+    tiny = np.full((4, 10), 1e-25)
+    assert metrics.snr_db(tiny, np.zeros_like(tiny)) == pytest.approx(0.0)
+    assert metrics.snr_db(tiny, tiny * 1.1) == pytest.approx(20.0)
+    assert metrics.snr_db(np.zeros((1, 3)), np.ones((1, 3))) == -200.0
+    assert metrics.snr_db(np.zeros((1, 3)), np.zeros((1, 3))) == 200.0
+
+
 def test_every_caller_reports_the_same_numbers() -> None:
     """Verification, the host runner's on-device check and tune's sensitivity table: one definition."""
     from packager.compress.sensitivity import compare as sensitivity_compare

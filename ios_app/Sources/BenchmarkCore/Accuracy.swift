@@ -37,7 +37,15 @@ public enum Accuracy {
             let denom = rr.squareRoot() * pp.squareRoot()
             cosineSum += denom > 0 ? dot / denom : (anyErr ? 0 : 1)
         }
-        let snr = noise == 0 ? perfectSnrDb : min(perfectSnrDb, 10 * log10(max(refEnergy, 1e-30) / noise))
+        // no floor under refEnergy: a tiny reference (1e-25 logits) answered with zeros is 0 dB, not 185 (mpk/metrics.py)
+        let snr: Double
+        if noise == 0 {
+            snr = perfectSnrDb
+        } else if refEnergy == 0 {
+            snr = -perfectSnrDb
+        } else {
+            snr = min(perfectSnrDb, max(-perfectSnrDb, 10 * log10(refEnergy / noise)))
+        }
         let logits = firstOutputShape.count == 2 && firstOutputShape[0] == 1 && firstOutputShape[1] > 1
         var mode: String? = nil
         if task == "classification" || (task == nil && logits) { mode = "classification" }

@@ -73,7 +73,12 @@ object Accuracy {
             val denom = sqrt(rr) * sqrt(pp)
             cosineSum += if (denom > 0) dot / denom else (if (anyErr) 0.0 else 1.0)
         }
-        val snr = if (noise == 0.0) PERFECT_SNR_DB else min(PERFECT_SNR_DB, 10 * log10(maxOf(refEnergy, 1e-30) / noise))
+        // no floor under refEnergy: a tiny reference (1e-25 logits) answered with zeros is 0 dB, not 185 (mpk/metrics.py)
+        val snr = when {
+            noise == 0.0 -> PERFECT_SNR_DB
+            refEnergy == 0.0 -> -PERFECT_SNR_DB
+            else -> (10 * log10(refEnergy / noise)).coerceIn(-PERFECT_SNR_DB, PERFECT_SNR_DB)
+        }
         val looksLikeLogits = firstOutputShape.size == 2 && firstOutputShape[0] == 1L && firstOutputShape[1] > 1
         val mode = when {
             task == "classification" || (task == null && looksLikeLogits) -> "classification"
