@@ -17,6 +17,7 @@ from the metadata torch.onnx writes on every node (``pkg.torch.onnx.name_scopes`
 from __future__ import annotations
 
 import ast
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,12 @@ def module_path(node: Any) -> str | None:
         scopes = [str(s) for s in ast.literal_eval(raw)]
     except (ValueError, SyntaxError):
         return None
-    path = ".".join(s for s in scopes[1:-1] if s)
-    return path or None
+    scopes = [s for s in scopes[1:-1] if s]
+    if not scopes:
+        return None
+    # torch.onnx records each level's full path (['', 'layer.0', 'layer.0.conv', '<fx node>']): the innermost is it
+    cumulative = all(b.startswith(a + ".") for a, b in itertools.pairwise(scopes))
+    return scopes[-1] if cumulative else ".".join(scopes)
 
 
 def node_source(node: Any) -> str | None:

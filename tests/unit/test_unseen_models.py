@@ -314,3 +314,20 @@ def test_a_user_model_without_evaluation_data_is_told_about_evaluation() -> None
         load_dataset("builtin", info, count=4, purpose="evaluation")
     assert "--evaluation DIR|FILE.npz" in e.value.hint and "--evaluation random" in e.value.hint
     assert "--calibration" not in e.value.hint
+
+
+def test_onnx_module_path_reads_torch_onnx_cumulative_scopes() -> None:
+    """torch.onnx writes each level's full path; joining them repeated every prefix
+    (``model.model.mobilenet_v2.model.mobilenet_v2.layer.0...``, seen on the conformance corpus)."""
+    import onnx
+
+    from packager.export.onnx_layers import module_path
+
+    def node(scopes: list[str]) -> onnx.NodeProto:
+        n = onnx.helper.make_node("Conv", ["x", "w"], ["y"])
+        n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=repr(scopes))
+        return n
+
+    assert module_path(node(["", "model", "model.features", "model.features.0", "conv2d_3"])) == "model.features.0"
+    assert module_path(node(["", "qkv", "linear"])) == "qkv"
+    assert module_path(node(["", "linear"])) is None
