@@ -271,41 +271,6 @@ def norm_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     }
 
 
-def _bn_input_moments(
-    model: torch.nn.Module, names: list[str], inputs: torch.Tensor, batch_size: int = 16
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per BatchNorm: (mean, var) of its input per channel over ``inputs`` (model in eval mode throughout)."""
-    import torch
-
-    mods = dict(model.named_modules())
-    acc: dict[str, list[Any]] = {}
-
-    def grab(name: str):
-        def f(_m: Any, inp: Any, _out: Any) -> None:
-            x = inp[0].detach().double().movedim(1, -1).reshape(-1, inp[0].shape[1])
-            s = acc.setdefault(name, [0, 0, 0])
-            s[0] = s[0] + x.sum(0)
-            s[1] = s[1] + (x * x).sum(0)
-            s[2] += len(x)
-
-        return f
-
-    hooks = [mods[n].register_forward_hook(grab(n)) for n in names]
-    try:
-        model.eval()
-        with torch.no_grad():
-            for i in range(0, int(inputs.shape[0]), batch_size):
-                model(inputs[i : i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
-    out = {}
-    for n, (s1, s2, cnt) in acc.items():
-        mean = s1 / cnt
-        out[n] = (mean, (s2 / cnt - mean * mean).clamp_min(0.0))
-    return out
-
-
 def reestimate_bn(
     original: torch.nn.Module,
     pruned: torch.nn.Module,
@@ -328,8 +293,10 @@ def reestimate_bn(
     names = [n for n in pn if n in on and (only is None or n in only)]
     if not names:
         return 0
-    new = _bn_input_moments(pruned, names, inputs)
-    old = _bn_input_moments(original, names, inputs) if mode == "relative" else {}
+    from packager.compress.stats import input_moments
+
+    new = input_moments(pruned, names, inputs)  # what each BatchNorm's input is now, per channel
+    old = input_moments(original, names, inputs) if mode == "relative" else {}
     changed = 0
     for n in names:
         bn = pn[n]
