@@ -504,16 +504,11 @@ def _distill(
 
 
 def _steps_bar(enabled: bool, what: str) -> Callable[[int, int, float], None] | None:
-    if not enabled:
+    """:func:`_bar` for a loop that reports a loss per step."""
+    bar = _bar(enabled, f"{what} step")
+    if bar is None:
         return None
-    import sys
-
-    def f(i: int, n: int, loss: float) -> None:
-        end = "\n" if i >= n else ""
-        sys.stderr.write(f"\r  {what} step {i}/{n} loss {loss:.4f}{end}")
-        sys.stderr.flush()
-
-    return f
+    return lambda i, n, loss: bar(i, n, f"loss {loss:.4f}")
 
 
 def _sha256(module: Any, cfg: CompressionConfig) -> str:
