@@ -118,16 +118,15 @@ def closer_to_fp32(
     numbers, and that scale, are returned for the report.
     """
 
+    from mpk.metrics import cosine
+
+    ref = np.stack([np.concatenate([np.asarray(x, np.float64).ravel() for x in r]) for r in reference])
+    rn = np.linalg.norm(ref, axis=1)
+
     def stats(got: list[list[np.ndarray]]) -> tuple[float, float, float]:
-        cos, mse, scale = [], [], []
-        for g_outs, r_outs in zip(got, reference, strict=True):
-            g = np.concatenate([np.asarray(x, np.float64).ravel() for x in g_outs])
-            r = np.concatenate([np.asarray(x, np.float64).ravel() for x in r_outs])
-            gn, rn = float(np.linalg.norm(g)), float(np.linalg.norm(r))
-            cos.append(float(g @ r) / (gn * rn) if gn > 0 and rn > 0 else float(np.array_equal(g, r)))
-            mse.append(float(np.mean((g - r) ** 2)))
-            scale.append(gn / rn if rn > 0 else 1.0)
-        return float(np.mean(cos)), float(np.mean(mse)), float(np.mean(scale))
+        g = np.stack([np.concatenate([np.asarray(x, np.float64).ravel() for x in outs]) for outs in got])
+        scale = np.where(rn > 0, np.linalg.norm(g, axis=1) / np.where(rn > 0, rn, 1.0), 1.0)
+        return cosine(ref, g), float(np.mean(np.mean((g - ref) ** 2, axis=1))), float(np.mean(scale))
 
     (cos0, mse0, scale0), (cos1, mse1, scale1) = stats(before), stats(after)
     numbers = {

@@ -26,7 +26,6 @@ package stores as all zero that is not zero in fp32.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,6 @@ MIN_SNR_DB: dict[str, float] = {
     "palettize6": 18.0,
     "palettize4": 10.0,
 }
-#: SNR reported for an exact match
-EXACT_DB = 200.0
 #: consts smaller than this are op parameters (strides, pads, axes), not weights
 _MIN_SIZE = 16
 
@@ -97,17 +94,14 @@ def load_program(path: Path) -> Any:
 
 
 def snr_db(reference: np.ndarray, got: np.ndarray) -> float:
-    """10 log10(sum ref^2 / sum (got - ref)^2), :data:`EXACT_DB` for an exact match (both all zero included).
+    """:func:`mpk.metrics.snr_db` of one weight tensor (all its values as one sample).
 
     >>> round(snr_db(np.array([1.0, -1.0]), np.array([1.1, -1.0])), 2)
     23.01
     """
-    ref, err = reference.astype(np.float64), got.astype(np.float64) - reference.astype(np.float64)
-    noise = float(np.sum(err**2))
-    if noise == 0:
-        return EXACT_DB
-    signal = float(np.sum(ref**2))
-    return -EXACT_DB if signal == 0 else min(EXACT_DB, 10 * math.log10(signal / noise))
+    from mpk.metrics import snr_db as metric
+
+    return metric(np.asarray(reference).reshape(1, -1), np.asarray(got).reshape(1, -1))
 
 
 def compare(fp32: dict[str, np.ndarray], package: Any, scheme: str) -> dict[str, Any]:

@@ -117,8 +117,10 @@ def torch_out(model: LoadedModel, x: np.ndarray) -> np.ndarray:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    """:func:`mpk.metrics.cosine` of all of ``a``'s values as one sample against ``b``'s."""
+    from mpk.metrics import cosine as metric
+
+    return metric(np.asarray(a).reshape(1, -1), np.asarray(b).reshape(1, -1))
 
 
 def bias_reports(plain: Any, fixed: Any, *, layers: int, samples: int) -> dict[str, Any]:
