@@ -75,6 +75,7 @@ def _session(model_bytes: bytes) -> Any:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OnnxSession
     return ort.InferenceSession(reference, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -315,6 +316,7 @@ class _Walk:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OnnxSession
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
         for live in self.live:
             for o, v in zip(outputs, sess.run(outputs, {i: live[i] for i in feeds_in}), strict=True):
@@ -350,12 +352,16 @@ def correct_biases(
     feeds: list[Feed],
     *,
     on_layer: Callable[[int, int], None] | None = None,
+    outputs: dict[str, list[list[np.ndarray]]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Bias-correct ``quant`` (an ORT QDQ ModelProto) against ``fp32`` on ``feeds`` (at most MAX_SAMPLES used).
 
     Returns ``(model, report)``. ``model`` is the corrected copy, or ``quant`` itself when correction did
     not bring the outputs closer to fp32. ``report`` says which happened, with the numbers behind it.
-    ``on_layer(done, total)`` is called after each corrected layer (for a progress display).
+    ``on_layer(done, total)`` is called after each corrected layer (for a progress display). A dict passed as
+    ``outputs`` receives, per sample used, fp32's outputs (``"fp32"``) and the returned model's (``"model"``),
+    as measured here (the graph as written), so a caller checking the model on the same samples need not run
+    them again.
     """
     start = time.perf_counter()
     feeds = feeds[:MAX_SAMPLES]
@@ -371,6 +377,8 @@ def correct_biases(
         return quant, report
     before = _outputs(quant.SerializeToString(), feeds)
     applied, numbers = closer_to_fp32(reference, before, after)
+    if outputs is not None:
+        outputs.update(fp32=reference, model=after if applied else before)
     report.update(
         applied=applied,
         largest_channel_shift=round(max(la["largest_shift"] for la in layers), 6),

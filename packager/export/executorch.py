@@ -102,6 +102,10 @@ class _Quantized:
     converted: Any
     correction: dict[str, Any] | None
     annotated: frozenset[str]
+    #: fp32's and the converted model's outputs on the first calibration samples, when calibration and bias
+    #: correction measured them (the calibration check reuses them rather than running the samples again)
+    fp32: list[list[np.ndarray]] | None = None
+    outputs: list[list[np.ndarray]] | None = None
 
 
 def _quantize_pt2e(
@@ -140,9 +144,8 @@ def _quantize_pt2e(
     tol = {k: v for k, v in tolerances.items() if k != "max_accuracy_drop"}
     try:
         with torch.no_grad():
-            reference = ep.module()
-            policy = pq.policy_for(reference)
-            fp32 = [bc._leaves(reference(*s)) for s in checked]
+            policy = pq.policy_for(ep.module())
+            fp32: list[list[np.ndarray]] = []  # fp32 outputs on the checked samples, from the first attempt
 
             def quantize(floats: frozenset[str]) -> _Quantized:
                 quantizer = pq.make_quantizer(dynamic=dynamic, policy=policy, floats=floats)
@@ -153,15 +156,20 @@ def _quantize_pt2e(
                     e.mpk_where = locate_node(prepared, samples[0])  # type: ignore[attr-defined]
                     raise
                 converted = convert_pt2e(prepared)
-                report = None
+                report, outputs = None, []
                 if correct:
-                    report = bc.correct_biases(converted, samples, record)
+                    report = bc.correct_biases(converted, samples, record, outputs=outputs)
                 elif not dynamic:
                     report = {"applied": False, "reason": "turned off (bias_correction: false)"}
-                return _Quantized(converted, report, quantizer.annotated)
+                return _Quantized(converted, report, quantizer.annotated, record.outputs or None, outputs or None)
 
             def evaluate(q: _Quantized) -> tuple[list[str], dict[str, Any]]:
-                got = [bc._leaves(q.converted(*s)) for s in checked]
+                n = len(checked)
+                if not fp32:  # calibration recorded them (observers do not change values), else run them
+                    have = q.fp32 if q.fp32 is not None and len(q.fp32) >= n else None
+                    fp32.extend(have[:n] if have else [bc._leaves(ep.module()(*s)) for s in checked])
+                have = q.outputs if q.outputs is not None and len(q.outputs) >= n else None
+                got = have[:n] if have else [bc._leaves(q.converted(*s)) for s in checked]
                 metrics = compute_metrics(stack(fp32), stack(got), task=model.task)
                 return check(metrics, tol), metrics
 

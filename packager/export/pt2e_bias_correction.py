@@ -187,12 +187,14 @@ def correct_biases(
     fp32: Fp32Record,
     *,
     on_layer: Callable[[int, int], None] | None = None,
+    outputs: list[list[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Bias-correct ``converted`` (a ``convert_pt2e`` module) in place against what :func:`calibrate` recorded.
 
     ``samples`` must be the calibration samples ``fp32`` was recorded on, in the same order (the first
     ``len(fp32.outputs)`` are used). The biases are put back when the corrected outputs are not closer to
-    fp32. Returns the report for the manifest.
+    fp32. Returns the report for the manifest. A list passed as ``outputs`` receives the returned model's
+    outputs on those samples (with the biases it keeps), so a caller checking it need not run them again.
     """
     import torch
 
@@ -231,4 +233,6 @@ def correct_biases(
     if not applied:
         put_back()
         report["reason"] = "corrected outputs were not closer to fp32 on the calibration samples"
+    if outputs is not None:
+        outputs.extend(after if applied else before)
     return report
