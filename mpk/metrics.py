@@ -36,11 +36,15 @@ leading axis is the sample. The worked example used below, two samples of one 2-
   Meaningful for those tasks only (:data:`TASKS`); ``None`` for any other, and when no decision is clear.
 
 * **clear top-1** (:func:`clear`): the reference's best score beats its second best by at least
-  :data:`CLEAR_MARGIN` (0.1) standard deviations of that decision's scores. Scale-free (logits x 10 or + 5 change
-  nothing) and defined once; a near-tie is left out because float rounding alone can flip it, so agreement on it
-  says nothing about the artifact (random-init and untrained models are full of them). Worked example, scores
-  [2.0, 1.98, 0.0, 0.0] (std 0.99): margin 0.02 = 0.02 std, not clear; [2.0, 1.5, 0.0, 0.0] (std 0.89): margin
-  0.5 = 0.56 std, clear. With the second sample's argmax moved to index 1, the first sample is not counted::
+  :data:`CLEAR_MARGIN` (0.5) standard deviations of that decision's scores. Scale-free (logits x 10 or + 5 change
+  nothing) and defined once. A decision closer than that is left out because the numeric noise every artifact is
+  allowed can flip it, so agreement on it says nothing about the artifact: random-init and untrained models are
+  full of such near-ties, and so are real photos that sit between two classes. Measured on EfficientNet-Lite0
+  (ImageNet weights) over 204 held-out photo views, its ExecuTorch int8 artifact (cosine 0.99) changed the top-1
+  of 35 views, every one with a margin of at most 0.51 standard deviations (34 under 0.36); counted from 0.1 it
+  agreed on 0.894 of 179 views, from 0.5 on 0.990 of 98. Worked example, scores [2.0, 1.98, 0.0, 0.0] (std 0.99):
+  margin 0.02 = 0.02 std, not clear; [2.0, 1.5, 0.0, 0.0] (std 0.89): margin 0.5 = 0.56 std, clear. With the
+  second sample's argmax moved to index 1, the first sample is not counted::
 
     >>> ref = np.array([[2.0, 1.98, 0.0, 0.0], [2.0, 1.5, 0.0, 0.0]])
     >>> got = np.array([[1.98, 2.0, 0.0, 0.0], [1.5, 2.0, 0.0, 0.0]])
@@ -59,7 +63,7 @@ import numpy as np
 #: the SNR reported for an exact match, and the most any comparison reports (dB)
 SNR_CAP_DB = 200.0
 #: a decision's top-1 is clear when it beats the second best by this many standard deviations of its scores
-CLEAR_MARGIN = 0.1
+CLEAR_MARGIN = 0.5
 #: tasks with a top-1: one decision per sample, per position (last axis), per pixel (a sample's axis 1)
 TASKS = ("classification", "language-model", "segmentation")
 

@@ -168,7 +168,7 @@ def test_top1_agreement_per_task_and_clear_margin_match_mpk_metrics(harness) -> 
     rows = cases[0][2][:, 0].astype(np.float64)
     top2 = np.sort(rows, axis=1)[:, ::-1][:, :2]
     margin = top2[:, 0] - top2[:, 1]
-    independent = int(np.sum((margin > 0) & (margin >= 0.1 * rows.std(axis=1))))
+    independent = int(np.sum((margin > 0) & (margin >= 0.5 * rows.std(axis=1))))
     cls = compare([cases[0][2]], [cases[0][3]], task="classification")
     assert cls["top1_counted"] == independent <= 5  # the near-tie, the constant row and the exact tie are not counted
 

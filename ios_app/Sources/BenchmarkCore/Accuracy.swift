@@ -10,12 +10,12 @@ import Foundation
 /// - top1_agreement: over the DECISIONS of the FIRST output on which the reference has a CLEAR top-1, the fraction
 ///   whose argmax matches; nil (NSNull) when none is clear. Tasks: classification (or (1, C) logits when no task):
 ///   a decision per sample; "language-model": per position (rows of the last axis); "segmentation": per pixel (the
-///   class axis is the sample's axis 1). Clear: best - second best > 0 and >= clearMargin (0.1) x the population
+///   class axis is the sample's axis 1). Clear: best - second best > 0 and >= clearMargin (0.5) x the population
 ///   standard deviation of the decision's scores. Example: [2.0, 1.98, 0, 0] is not clear; [2.0, 1.5, 0, 0] is.
 /// - top1_counted: how many decisions were clear.
 public enum Accuracy {
     public static let perfectSnrDb = 200.0
-    public static let clearMargin = 0.1
+    public static let clearMargin = 0.5
 
     /// `pred` and `ref` are [sample][output] -> flat values.
     public static func metrics(pred: [[[Float]]], ref: [[[Float]]], task: String?, firstOutputShape: [Int]) -> [String: Any] {

@@ -20,13 +20,13 @@ import kotlin.math.sqrt
  *    (or, with no task given, a first output that looks like (1, C) logits with C > 1), "language-model" and
  *    "segmentation". A decision is a sample (classification: all its values), a position (language-model: rows
  *    of the last axis) or a pixel (segmentation: the class axis is the sample's axis 1).
- *    Clear: best - second best >= CLEAR_MARGIN (0.1) x the population standard deviation of the decision's scores,
+ *    Clear: best - second best >= CLEAR_MARGIN (0.5) x the population standard deviation of the decision's scores,
  *    and > 0. Example: [2.0, 1.98, 0, 0] (std 0.99, margin 0.02) is not clear; [2.0, 1.5, 0, 0] is.
  *  - top1_counted = how many decisions were clear (the denominator of top1_agreement).
  */
 object Accuracy {
     const val PERFECT_SNR_DB = 200.0
-    const val CLEAR_MARGIN = 0.1
+    const val CLEAR_MARGIN = 0.5
 
     /**
      * [pred] and [ref] are indexed [sample][output] -> flat float values of that sample's output.
