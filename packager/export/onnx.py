@@ -32,8 +32,6 @@ from packager.types import Dataset, ExportedArtifact, LoadedModel
 _SINGLE_FILE_LIMIT = 1_800_000_000
 #: dynamic quantization only of matmul-like ops: ORT's CPU ConvInteger has no int8-weight kernel
 _DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
-#: calibration samples the int8 model is checked on against the fp32 graph (float fallback, calibration_check)
-_CHECK_SAMPLES = 16
 
 
 def _run(model: Path | bytes, feeds: list[dict[str, np.ndarray]], *, optimize: bool) -> list[list[np.ndarray]]:
@@ -222,7 +220,7 @@ class OnnxExporter(Exporter):
         correct = self.bias_correction and not external
         names = [s.name for s in model.inputs]
         feeds = _feeds(names, calibration)
-        checked = feeds[:_CHECK_SAMPLES]
+        checked = feeds[: le.CHECK_SAMPLES]
         fp32_outs = [list(o) for o in _run(pre, checked, optimize=True)]
         tol = {k: v for k, v in tolerances_for("int8", self.tolerance_overrides).items() if k != "max_accuracy_drop"}
         attempts: list[Path] = []
