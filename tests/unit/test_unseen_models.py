@@ -225,7 +225,8 @@ def test_rank_blames_the_layer_that_added_most_noise_not_the_one_after_it_nor_th
                 {"fc1", "fc2"})  # fmt: skip
     assert [r.name for r in rows] == ["fc2", "ln", "fc1"]
     by = {r.name: r for r in rows}
-    assert by["fc2"].own_snr_db == pytest.approx(21.09, abs=0.01) and by["ln"].own_snr_db == pytest.approx(26.87, abs=0.01)
+    assert by["fc2"].own_snr_db == pytest.approx(21.09, abs=0.01)
+    assert by["ln"].own_snr_db == pytest.approx(26.87, abs=0.01)
     assert by["fc1"].own_snr_db == pytest.approx(38.0) and by["fc1"].loss_db == pytest.approx(162.0)
     assert by["fc2"].loss_db == pytest.approx(17.0) and not by["ln"].quantized
     assert "feeds" not in by["ln"].to_dict() and by["ln"].to_dict()["own_snr_db"] == pytest.approx(26.87, abs=0.01)
@@ -282,7 +283,7 @@ def test_search_ends_at_once_on_an_all_zero_reference_and_within_its_time_budget
         return floats
 
     zero = {"cosine": 0.0, "snr_db": -200.0}
-    best, report = search(quantize, lambda q: (["cosine"], zero), lambda q: rows, enabled=True)
+    _, report = search(quantize, lambda q: (["cosine"], zero), lambda q: rows, enabled=True)
     assert len(calls) == 1 and report["rounds"] == 0 and not report["met_tolerance"]
     assert "all zero" in report["stopped"]
 
