@@ -133,6 +133,9 @@ def _quantization_notes(a: dict[str, Any]) -> list[str]:
         )
     elif fb and fb.get("stopped"):  # the search ran but kept nothing (a degenerate reference, no time left)
         out.append(f"  [dim]{a['id']}: float fallback kept no layer in float: {fb['stopped']}[/dim]")
+    chosen = (details.get("quantizer") or {}).get("chosen_because")
+    if chosen:
+        out.append(f"  [dim]{a['id']}: dynamic int8 ({chosen})[/dim]")
     if v["status"] == "failed" and details.get("layer_errors"):
         le = details["layer_errors"]
         out.append(f"  {a['id']}: the five layers that lost most ({le['measured_on']}):")

@@ -73,6 +73,12 @@ def _preprocess(src: Path, external: bool) -> Path:
     return pre
 
 
+def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    from packager.export.layer_errors import _rounded as rounded
+
+    return rounded(metrics)
+
+
 def _loads(path: Path) -> bool:
     """Whether ONNX Runtime builds a session of ``path`` with its default graph optimisations."""
     import onnxruntime as ort
@@ -224,8 +230,15 @@ class OnnxExporter(Exporter):
         fp32_outs = [list(o) for o in _run(pre, checked, optimize=True)]
         tol = {k: v for k, v in tolerances_for("int8", self.tolerance_overrides).items() if k != "max_accuracy_drop"}
         attempts: list[Path] = []
+        made: dict[frozenset[str], tuple[Path, dict[str, Any] | None]] = {}
 
         def quantize(floats: frozenset[str]) -> tuple[Path, dict[str, Any] | None]:
+            if floats in made:  # the first attempt is made once, whether the dynamic alternative is tried or not
+                return made[floats]
+            made[floats] = _quantize(floats)
+            return made[floats]
+
+        def _quantize(floats: frozenset[str]) -> tuple[Path, dict[str, Any] | None]:
             out = dst.with_name(f".{dst.stem}.try{len(attempts)}{dst.suffix}")
             attempts.append(out)
             plain = out.with_name(f"{out.stem}.plain{out.suffix}") if correct else out
@@ -262,15 +275,30 @@ class OnnxExporter(Exporter):
                 fp32_acts.append(ol.fp32_activations(pre, few))
             return ol.layer_errors(pre, onnx.load(str(q[0])), few, want=fp32_acts[0], exported=src)
 
+        dynamic: dict[str, Any] | None = None
         try:
             auto = self.float_fallback == "auto" and not external
-            best, fallback = le.search(quantize, evaluate, layers, enabled=auto)
-            rows = best.rows or layers(best.quantized)
-            first_size = attempts[0].stat().st_size
-            best.quantized[0].replace(dst)
+            static, _ = le.search(quantize, evaluate, layers, enabled=False)
+            if auto and static.missed and policy == "linear":
+                dynamic = self._dynamic_alternative(pre, dst, evaluate, static)
+                attempts.append(dynamic["path"])
+            if dynamic is not None and not dynamic["missed"]:
+                rows = static.rows or layers(static.quantized)
+                best, fallback = static, None
+                first_size = attempts[0].stat().st_size
+                dynamic["path"].replace(dst)
+            else:
+                best, fallback = le.search(quantize, evaluate, layers, enabled=auto)
+                rows = best.rows or layers(best.quantized)
+                first_size = attempts[0].stat().st_size
+                best.quantized[0].replace(dst)
+                if dynamic is not None and fallback is not None:
+                    fallback["dynamic_int8"] = {"missed": dynamic["missed"], **le._rounded(dynamic["metrics"])}
         finally:
             for p in attempts:
                 p.unlink(missing_ok=True)
+        if dynamic is not None and not dynamic["missed"]:
+            return self._dynamic_details(dynamic, static, rows, calibration, len(checked), tol, feeds)
         details: dict[str, Any] = {
             "name": "quantize_static",
             "format": "QDQ",
@@ -314,6 +342,50 @@ class OnnxExporter(Exporter):
         details["_extra"] = extra
         return details
 
+    def _dynamic_alternative(self, pre: Path, dst: Path, evaluate: Any, static: Any) -> dict[str, Any]:
+        """ORT's dynamic int8 of the same graph (weights int8 per channel, each activation's range measured as it
+        arrives), checked like a static attempt.
+
+        Tried when static QDQ misses under the "linear" policy (a transformer), before the float-fallback rounds.
+        A pretrained BERT's activations carry outlier channels (LayerNorm outputs, residual streams): one static
+        range per tensor, fixed at calibration, spends most of int8's 256 steps on them. Measured on the real
+        all-MiniLM-L6-v2 (16 tokens, 32 calibration samples): static QDQ cosine 0.88 against fp32, 0.966 with 46
+        layers kept float; dynamic int8 0.990 with none."""
+        out = dst.with_name(f".{dst.stem}.dynamic{dst.suffix}")
+        details = self._quantize_dynamic(pre, out, False, preprocessed=True)
+        missed, metrics = evaluate((out, None))
+        return {"path": out, "missed": missed, "metrics": metrics, "details": details,
+                "static": {"missed": static.missed, **_rounded(static.metrics)}}  # fmt: skip
+
+    @staticmethod
+    def _dynamic_details(
+        dynamic: dict[str, Any], static: Any, rows: list[Any], calibration: Dataset, checked: int,
+        tol: dict[str, float], feeds: list[dict[str, np.ndarray]],
+    ) -> dict[str, Any]:  # fmt: skip
+        """The manifest's quantizer details when dynamic int8 was shipped for scheme int8."""
+        from packager.export import layer_errors as le
+
+        s = dynamic["static"]
+        return {
+            **dynamic["details"],
+            "policy": "linear",
+            "policy_reason": "attention or layer norm in the graph, and static QDQ missed: MatMul and Gemm in dynamic "
+            "int8, everything else float",
+            "chosen_because": (
+                f"static QDQ missed on the calibration samples ({'; '.join(s['missed'])}); dynamic int8 met "
+                f"the tolerance (cosine {dynamic['metrics']['cosine']:.4f})"
+            ),
+            "static_attempt": s,
+            "calibration_samples": len(calibration),
+            "calibration_check": {"samples": checked, **le._rounded(dynamic["metrics"]), "missed": [],
+                                  "tolerances": tol},
+            "bias_correction": {"applied": False, "reason": "dynamic int8: no fixed activation ranges to correct"},
+            "_extra": {
+                "layer_errors": le.table(rows, samples=min(len(feeds), le.LAYER_SAMPLES),
+                                         where="the static QDQ attempt (not shipped) vs fp32"),
+            },
+        }  # fmt: skip
+
     @staticmethod
     def _correct_biases(model: LoadedModel, fp32: Path, plain: Path, dst: Path, calibration: Dataset) -> dict[str, Any]:
         import onnx
@@ -330,10 +402,10 @@ class OnnxExporter(Exporter):
             plain.unlink(missing_ok=True)
         return report
 
-    def _quantize_dynamic(self, src: Path, dst: Path, external: bool) -> dict[str, Any]:
+    def _quantize_dynamic(self, src: Path, dst: Path, external: bool, *, preprocessed: bool = False) -> dict[str, Any]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        pre = _preprocess(src, external)
+        pre = src if preprocessed else _preprocess(src, external)
         quantize_dynamic(
             str(pre),
             str(dst),
