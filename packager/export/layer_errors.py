@@ -220,7 +220,7 @@ def search(
         return attempt, None
     budget = budget_s if budget_s is not None else max(SEARCH_MIN_SECONDS, SEARCH_TIME_FACTOR * (now() - t0))
     tried = [attempt]
-    step, best_score, stall = 1, _score(metrics), 0
+    step, best_score, stall = 1, _progress(metrics, {}), 0
     stopped = f"{max_rounds} rounds, the most it tries"
     if _zero_reference(metrics):
         stopped = "the fp32 outputs are all zero on the calibration samples: nothing for float layers to recover"
@@ -244,15 +244,15 @@ def search(
         if not missed:
             stopped = "met the tolerance"
             break
-        if _score(metrics) > best_score:
-            best_score, stall = _score(metrics), 0
+        if _better(metrics, best_score):
+            best_score, stall = _progress(metrics, best_score), 0
         else:
             stall += 1
             if stall >= STALL_ROUNDS:
-                stopped = f"no better cosine in {STALL_ROUNDS} rounds"
+                stopped = f"no better cosine or top-1 agreement in {STALL_ROUNDS} rounds"
                 break
         step *= 2
-    best = attempt if not attempt.missed else max(tried, key=lambda a: _score(a.metrics))
+    best = attempt if not attempt.missed else max(tried, key=lambda a: (-len(a.missed), _score(a.metrics)))
     report = {
         "mode": "auto",
         "met_tolerance": not best.missed,
@@ -304,6 +304,24 @@ def _adds_noise(row: LayerError) -> bool:
     from mpk.metrics import SNR_CAP_DB
 
     return row.own_snr_db < SNR_CAP_DB if row.own_snr_db is not None else row.loss_db > 0
+
+
+_PROGRESS = ("cosine", "top1_agreement")
+
+
+def _progress(metrics: dict[str, Any], best: dict[str, float]) -> dict[str, float]:
+    """The best cosine and top-1 agreement seen so far, with ``metrics``'."""
+    out = dict(best)
+    for k in _PROGRESS:
+        v = metrics.get(k)
+        if isinstance(v, float) and math.isfinite(v):
+            out[k] = max(v, out.get(k, -math.inf))
+    return out
+
+
+def _better(metrics: dict[str, Any], best: dict[str, float]) -> bool:
+    """Whether ``metrics`` beats the best so far on cosine or on top-1 agreement (a miss may be either)."""
+    return any(isinstance(metrics.get(k), float) and metrics[k] > best.get(k, -math.inf) for k in _PROGRESS)
 
 
 def _score(metrics: dict[str, Any]) -> float:

@@ -302,7 +302,13 @@ def test_search_ends_at_once_on_an_all_zero_reference_and_within_its_time_budget
     calls.clear()
     _, report = search(quantize, lambda q: (["cosine"], {"cosine": 0.5, "snr_db": 5.0}), lambda q: rows,
                        enabled=True)  # fmt: skip
-    assert report["stopped"] == "no better cosine in 3 rounds" and report["rounds"] == 3
+    assert report["stopped"] == "no better cosine or top-1 agreement in 3 rounds" and report["rounds"] == 3
+
+    # a top-1 miss at a flat cosine is progress when agreement rises (MobileNetV2: cosine 0.9976, top-1 0.92)
+    top1 = iter([0.80, 0.85, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.945])
+    _, report = search(quantize, lambda q: (["top1"], {"cosine": 0.99, "snr_db": 20.0, "top1_agreement": next(top1)}),
+                       lambda q: rows, enabled=True, budget_s=1e9)  # fmt: skip
+    assert report["rounds"] == 8 and report["stopped"] == "8 rounds, the most it tries"
 
 
 # --- PT2E: integer arithmetic stays integer --------------------------------------------------------------------
