@@ -172,7 +172,7 @@ class Attempt(Generic[Q]):
     rows: list[LayerError] = field(default_factory=list)
 
 
-#: the float-fallback rounds may take this many times the first quantization (quantize + check) in all
+#: the float-fallback rounds may take this many times the first quantization (quantize, check, per-layer table)
 SEARCH_TIME_FACTOR = 6.0
 #: ... but always at least this long (seconds): a tiny model's first quantization takes well under a second
 SEARCH_MIN_SECONDS = 30.0
@@ -200,7 +200,8 @@ def search(
     the search ended.
 
     The search is bounded: at most ``max_rounds`` rounds, and no new round once ``budget_s`` seconds have gone by
-    (default: :data:`SEARCH_TIME_FACTOR` x the first quantization, at least :data:`SEARCH_MIN_SECONDS`); it also
+    (default: :data:`SEARCH_TIME_FACTOR` x the first quantization with its per-layer table, at least
+    :data:`SEARCH_MIN_SECONDS`); it also
     stops after :data:`STALL_ROUNDS` rounds without a better cosine, and at once when the fp32 outputs are all zero
     (no layer kept in float can match a reference that carries no signal; a degenerate model, seen with a
     random-init MobileViT whose norm scales zeroed every activation: each round then ran for minutes and the
@@ -218,8 +219,10 @@ def search(
     attempt = Attempt(first, frozenset(), missed, metrics)
     if not enabled or not missed:
         return attempt, None
-    budget = budget_s if budget_s is not None else max(SEARCH_MIN_SECONDS, SEARCH_TIME_FACTOR * (now() - t0))
     tried = [attempt]
+    if not _zero_reference(metrics):
+        attempt.rows = layers(first)  # the first round's table: part of the cost the budget scales with
+    budget = budget_s if budget_s is not None else max(SEARCH_MIN_SECONDS, SEARCH_TIME_FACTOR * (now() - t0))
     step, best_score, stall = 1, _progress(metrics, {}), 0
     stopped = f"{max_rounds} rounds, the most it tries"
     if _zero_reference(metrics):
