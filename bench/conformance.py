@@ -118,6 +118,8 @@ def _cells(entry: Entry, manifest_path: Path, wanted: list[tuple[str, str]], cod
         fb = (art.get("details") or {}).get("float_fallback")
         if fb and fb.get("layers"):
             cell.fallback = f"{len(fb['layers'])} layers in float (+{fb.get('size_cost_bytes', 0) / 1e3:.0f} kB)"
+            if not fb.get("met_tolerance") and fb.get("stopped"):
+                cell.fallback += f", search stopped: {fb['stopped']}"
         if v["status"] == "passed":
             cell.status = "ok"
         elif v["status"] == "skipped":

@@ -125,11 +125,17 @@ def _quantization_notes(a: dict[str, Any]) -> list[str]:
         more = f" and {len(fb['layers']) - 6} more" if len(fb["layers"]) > 6 else ""
         cost = fb.get("size_cost_bytes", 0) / 1e3
         met = "met" if fb.get("met_tolerance") else "did NOT meet"
+        why = f" (search stopped: {fb['stopped']})" if not fb.get("met_tolerance") and fb.get("stopped") else ""
         out.append(
             f"  [dim]{a['id']}: float fallback kept {len(fb['layers'])} layer(s) in float ({names}{more}), "
             f"+{cost:.0f} kB{' (estimated)' if fb.get('size_cost_estimated') else ''}; {met} the tolerance on "
-            f"the calibration samples[/dim]"
+            f"the calibration samples{why}[/dim]"
         )
+    elif fb and fb.get("stopped"):  # the search ran but kept nothing (a degenerate reference, no time left)
+        out.append(f"  [dim]{a['id']}: float fallback kept no layer in float: {fb['stopped']}[/dim]")
+    chosen = (details.get("quantizer") or {}).get("chosen_because")
+    if chosen:
+        out.append(f"  [dim]{a['id']}: dynamic int8 ({chosen})[/dim]")
     if v["status"] == "failed" and details.get("layer_errors"):
         le = details["layer_errors"]
         out.append(f"  {a['id']}: the five layers that lost most ({le['measured_on']}):")

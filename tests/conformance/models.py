@@ -37,6 +37,45 @@ def _fan_in(model: nn.Module) -> nn.Module:
     return model
 
 
+def _trained_like(
+    model: nn.Module, *input_shape: int, batches: int = 4, he: bool = True, variance: bool = True
+) -> nn.Module:
+    """What training leaves behind that random init does not, so a random-init CNN decides on its input:
+
+    * He init for convs and linears (:func:`_fan_in`);
+    * norm layers with unit scale and zero shift (transformers 5 draws BatchNorm/LayerNorm scales from N(0, 0.02) in
+      some models: MobileViT's 30 norms each scaled the activations by ~0.02 and its logits came out exactly 0);
+    * BatchNorm running statistics measured on inputs like the corpus's (Gaussian noise, ``batches`` x 32), not
+      the defaults (mean 0, variance 1). With the defaults nothing is normalised: a random MobileNetV2's logits were
+      a constant vector plus a small input-dependent part (0.3 of 1.4 rms), the same three classes nearly tied on
+      every input, so top-1 "agreement" measured which side of a tie int8 rounding fell. A trained network's
+      statistics are its data's; measured ones give logits that vary with the input (0.9 of 1.0 rms) and
+      argmaxes spread over the classes.
+    """
+    if he:
+        _fan_in(model)
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()  # dropout off; only the BatchNorms measure
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(32, *input_shape, generator=g))
+    for m in norms:
+        m.momentum = 0.1
+        if not variance:
+            m.running_var.fill_(1.0)
+    return model.eval()
+
+
 def _ids(seq: int = SEQ, vocab: int = VOCAB) -> torch.Tensor:
     return torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(0))
 
@@ -166,7 +205,8 @@ def mobilevit():
         image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_labels=10,
         num_attention_heads=2,
     )  # fmt: skip
-    return _HF(T.MobileViTForImageClassification(cfg)), (torch.randn(1, 3, 64, 64),)
+    model = _trained_like(T.MobileViTForImageClassification(cfg), 3, 64, 64, he=False)
+    return _HF(model), (torch.randn(1, 3, 64, 64),)
 
 
 def segformer():

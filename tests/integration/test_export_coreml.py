@@ -169,3 +169,30 @@ def test_zero_weight_channels_dequantize_to_zero_and_are_counted(exporter, tmp_p
     report = art.details["weight_check"]
     assert report["ok"], report["problems"]
     assert report["zero_scale_channels"] == 1
+
+
+def test_int8_leaves_constants_added_to_activations_in_float(exporter, tmp_path: Path) -> None:
+    """A BERT's position embeddings for a fixed sequence length are folded into a constant that an ``add`` reads
+    (all-MiniLM-L6-v2: (1, 16, 384), max 1.87 against an rms of 0.037). int8 with one scale for the whole tensor
+    (its channel axis has size 1) stored it at 18.8 dB, under the 25 dB floor; it is an activation, not a weight of
+    a linear, and stays float (24 KB)."""
+    import torch
+
+    from tests.integration.export_models import loaded
+
+    class Embedded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            pos = 0.03 * torch.randn(1, 32, 96, generator=g)  # over coremltools' 2048-element threshold
+            pos[0, :, 7] = torch.linspace(-1.9, 1.9, 32)  # one outlier channel, as BERT's position embeddings have
+            self.register_buffer("pos", pos)
+            self.fc = torch.nn.Linear(96, 64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x + self.pos)
+
+    art = exporter.export(loaded(Embedded(), (1, 32, 96), "embedded"), "int8", None, tmp_path)
+    report = art.details["weight_check"]
+    assert report["ok"], report["problems"]
+    assert report["worst_snr_db"] > 30  # the linear's per-channel int8 weight; the added constant is exact
