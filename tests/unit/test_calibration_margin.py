@@ -38,7 +38,7 @@ def test_an_agreement_met_by_less_than_its_spread_over_samples_is_a_miss() -> No
     ref, got = _segmentation([0] * 8 + [6] * 8)
     line = within_sampling_error(ref, got, task="segmentation", minimum=0.95)
     assert line is not None and "top1_agreement 0.9531 on 16 calibration samples" in line, line
-    assert "lower bound 0.93" in line, line
+    assert "lower bound 0.92" in line, line
 
 
 def test_the_same_agreement_spread_evenly_is_met() -> None:
