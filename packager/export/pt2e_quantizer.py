@@ -93,10 +93,47 @@ def make_quantizer(*, dynamic: bool, policy: str = "full", floats: frozenset[str
                 if node.name in floats or (policy == "linear" and _name(node) not in _LINEAR_OPS):
                     del node.meta[_KEY]
             self.annotated = frozenset(n.name for n in model.graph.nodes if _KEY in n.meta)
+            if _has_dynamic_dim(model):
+                _float_reductions(model)
             propagate_annotation(model)
             return model
 
     return MpkXNNPACKQuantizer().set_global(config)
+
+
+#: reductions XNNPACK runs as its int8 reduce operator (``aten.adaptive_avg_pool2d`` is lowered as a ``mean``)
+_REDUCTIONS = ("mean.dim", "mean.default", "adaptive_avg_pool2d.default")
+
+
+def _has_dynamic_dim(model: Any) -> bool:
+    """True when an input of the graph has a symbolic dim (``--input-shape image:batch=1..8x...``)."""
+    import torch
+
+    for n in model.graph.nodes:
+        val = n.meta.get("val") if n.op == "placeholder" else None
+        if isinstance(val, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in val.shape):
+            return True
+    return False
+
+
+def _float_reductions(model: Any) -> None:
+    """Keep ``mean`` / global average pooling float in a graph with a dynamic dim.
+
+    ExecuTorch 1.4.1's XNNPACK int8 ``mean`` (XNNPACK's reduce operator, whose int32 accumulator workspace is
+    sized by the batch) corrupts the heap when a later call runs a larger batch than an earlier one: a conv net
+    packaged with ``batch=1..8`` and run at batch 1, then 4, aborts (``free(): invalid pointer``); run at 8
+    first it does not, and fp32 ``mean`` never does. Reproduced without mpk (stock ``XNNPACKQuantizer``,
+    conv -> conv -> mean). With the reduction float, XNNPACK dequantizes into an fp32 ``mean`` inside the same
+    delegate: a few thousand float adds per image, and the program runs at any batch in range.
+
+    An empty annotation marks the node as decided, so ``propagate_annotation`` does not give it its input's
+    qparams again (it re-annotates "shared" ops like ``mean`` whose input is quantized).
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    for node in model.graph.nodes:
+        if node.op == "call_function" and _name(node) in _REDUCTIONS:
+            node.meta[_KEY] = QuantizationAnnotation(input_qspec_map={}, output_qspec=None, _annotated=True)
 
 
 def _float_scalars_to_attrs(model: Any) -> Any:

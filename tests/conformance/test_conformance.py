@@ -39,11 +39,6 @@ def test_corpus_entry_packages_and_verifies(name: str, backends: str, tmp_path: 
             # off macOS: built and structure-checked, or a failure that names the operator and coremltools' version
             assert cell.status == "built" or "cannot convert operator" in cell.reason, (cell, log[-2000:])
             continue
-        if (name, cell.backend, cell.scheme) == ("cnn_dynamic_batch", "executorch", "int8"):
-            # ExecuTorch 1.4.1's XNNPACK static int8 corrupts its heap going from batch 1 to batch 4 (reproduced
-            # outside mpk); verification runs that in a child process and reports it instead of dying with it
-            assert cell.status == "ok" or "the runtime crashed" in cell.reason, (cell, log[-2000:])
-            continue
         assert cell.status == "ok", (cell, log[-2000:])
     manifest = json.loads((tmp_path / name / "pkg" / "manifest.json").read_text())
     if name == "mlp_module_only":
