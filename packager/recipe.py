@@ -253,7 +253,9 @@ def _validate(r: Recipe) -> list[str]:
     # message reads like every other registry miss; an impossible pairing lists what the backend can do.
     if ":" not in r.model and not r.model.endswith(".pt2"):
         from packager.models import BUILTIN_MODELS
+        from packager.models.loaders import check_file_spec
 
+        check_file_spec(r.model)
         BUILTIN_MODELS.check_name(r.model)  # a misspelt built-in fails here, before the output dir is touched
     for b in r.backends:
         if b not in BACKENDS:

@@ -82,6 +82,10 @@ def _labels(raw: Any, n: int, where: str) -> np.ndarray | None:
 
 
 def _from_npz(path: Path, model: ModelLike, count: int | None) -> Dataset:
+    import zipfile
+
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz archive (numpy.savez writes a zip of .npy arrays; this is not a zip)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

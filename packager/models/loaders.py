@@ -417,6 +417,13 @@ def _load_pt2(spec: str, path: Path, task: str | None = None) -> LoadedModel:
     return lm
 
 
+def check_file_spec(spec: str) -> None:
+    """A ``.py`` model spec must name its factory: UsageError (one line) for ``path/to/file.py`` alone."""
+    if spec.endswith(".py"):
+        where = "" if Path(spec).is_file() else " (and there is no such file)"
+        raise UsageError(f"{spec}: name the factory in the file as {spec}:FUNCTION{where}")
+
+
 def load_model(
     spec: str,
     *,
@@ -444,6 +451,7 @@ def load_model(
         return _load_pt2(spec, Path(spec), task)
     target, sep, attr = spec.rpartition(":")
     if not sep or not attr or not target:
+        check_file_spec(spec)
         # Neither a file factory nor module factory: most likely a misspelt built-in.
         raise UnknownNameError(
             suggest(spec, BUILTIN_MODELS.names(), "model"),

@@ -103,3 +103,21 @@ def test_missing_factory_names_the_ones_there(tmp_path: Path) -> None:
     assert_one_error(r, EXIT_USAGE, f"{f}: unknown factory 'build'")
     assert "known: make" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_py_file_without_its_factory_is_one_line_naming_the_form(tmp_path: Path) -> None:
+    """``--model model.py`` (no ``:factory``) was reported as an unknown built-in model."""
+    src = tmp_path / "model.py"
+    src.write_text(FACTORY)
+    assert_one_error(mpk("--model", str(src), "--out", str(tmp_path / "o")), EXIT_USAGE, f"{src}:FUNCTION")
+    missing = tmp_path / "missing.py"
+    assert_one_error(mpk("--model", str(missing), "--out", str(tmp_path / "o")), EXIT_USAGE, "no such file")
+
+
+def test_a_calibration_file_that_is_not_an_npz_is_one_line(tmp_path: Path) -> None:
+    """A text file passed as .npz: numpy's own message talked about pickled data."""
+    bad = tmp_path / "calib.npz"
+    bad.write_text("not numbers\n")
+    r = mpk("--model", "digits-cnn", "--calibration", str(bad), "--out", str(tmp_path / "o"))
+    assert_one_error(r, EXIT_USAGE, "not an .npz archive")
+    assert not (tmp_path / "o").exists()
