@@ -166,10 +166,8 @@ def _quantize_pt2e(
             def evaluate(q: _Quantized) -> tuple[list[str], dict[str, Any]]:
                 n = len(checked)
                 if not fp32:  # calibration recorded them (observers do not change values), else run them
-                    have = q.fp32 if q.fp32 is not None and len(q.fp32) >= n else None
-                    fp32.extend(have[:n] if have else [bc._leaves(ep.module()(*s)) for s in checked])
-                have = q.outputs if q.outputs is not None and len(q.outputs) >= n else None
-                got = have[:n] if have else [bc._leaves(q.converted(*s)) for s in checked]
+                    fp32.extend(le.reuse(q.fp32, n) or [bc._leaves(ep.module()(*s)) for s in checked])
+                got = le.reuse(q.outputs, n) or [bc._leaves(q.converted(*s)) for s in checked]
                 metrics = compute_metrics(stack(fp32), stack(got), task=model.task)
                 missed = check(metrics, tol)
                 marginal = le.within_sampling_error(fp32, got, task=model.task, minimum=tol.get("min_top1_agreement"))

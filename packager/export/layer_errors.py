@@ -333,6 +333,12 @@ def _better(metrics: dict[str, Any], best: dict[str, float]) -> bool:
 MARGIN_Z = 1.645
 
 
+def reuse(rows: Sequence[Any] | None, n: int) -> list[Any] | None:
+    """``rows[:n]`` when at least ``n`` were measured already (outputs calibration or bias correction computed on
+    the samples the check runs), else None: the caller runs them."""
+    return list(rows[:n]) if rows is not None and len(rows) >= n else None
+
+
 def within_sampling_error(
     reference: Sequence[Sequence[np.ndarray]],
     actual: Sequence[Sequence[np.ndarray]],

@@ -17,7 +17,7 @@ import torch
 
 from mpk.errors import ExportError
 from packager.export.executorch import ExecuTorchExporter
-from tests.integration.export_models import calibration, cosine, loaded, torch_out
+from tests.integration.export_models import ConvNet, calibration, cosine, loaded, torch_out
 
 SHAPE = (1, 6, 4)  # batch, steps, features
 
@@ -67,21 +67,6 @@ def test_int8_left_outside_the_delegate_is_one_clear_error(gru, tmp_path: Path, 
     assert not list(tmp_path.glob("*.pte"))
 
 
-class ConvConvMean(torch.nn.Module):
-    """conv -> conv (stride 2) -> global mean -> linear: the smallest net whose XNNPACK int8 ``mean`` corrupted the
-    heap when a dynamic batch grew between calls (a single conv before the mean did not)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
-        self.fc = torch.nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.c2(torch.relu(self.c1(x))))
-        return self.fc(torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1))
-
-
 _GROW = """
 import sys, numpy as np
 from packager.export.executorch import ExecuTorchSession
@@ -101,7 +86,7 @@ def test_int8_with_a_dynamic_batch_runs_a_larger_batch_after_a_smaller_one(tmp_p
     from packager.types import TensorSpec
 
     torch.manual_seed(0)
-    model = loaded(ConvConvMean(), (2, 3, 32, 32), "ccm", in_name="image")
+    model = loaded(ConvNet(), (2, 3, 32, 32), "convnet", in_name="image")  # conv -> conv -> mean -> linear
     model.inputs = [TensorSpec("image", ("batch", 3, 32, 32), dynamic={"batch": (1, 8)})]
     art = ExecuTorchExporter().export(model, "int8", calibration((2, 3, 32, 32), n=8), tmp_path)
     assert art.delegation["fraction"] > 0.8, art.delegation
