@@ -71,6 +71,7 @@ __all__ = [
     "CLEAR_MARGIN",
     "SNR_CAP_DB",
     "TASKS",
+    "accuracy",
     "clear",
     "compare",
     "cosine",
@@ -189,6 +190,21 @@ def top1_agreement(ref_first: np.ndarray, got_first: np.ndarray, task: str = "cl
     if not keep.any():
         return None
     return float(np.mean(rr[keep].argmax(axis=1) == gg[keep].argmax(axis=1)))
+
+
+def accuracy(first: np.ndarray, labels: np.ndarray) -> float:
+    """A classifier's top-1 accuracy against ``labels``: the fraction of samples whose first output's argmax is
+    the label (every sample counts, clear or not: this is the model against the truth, not against fp32).
+    Labels beyond the samples are ignored::
+
+        >>> accuracy(np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), np.array([1, 1, 1, 0]))
+        0.6666666666666666
+    """
+    f = np.asarray(first)
+    n = len(f)
+    if n == 0 or len(labels) < n:
+        raise ValueError(f"{n} samples, {len(labels)} labels")
+    return float(np.mean(f.reshape(n, -1).argmax(axis=1) == np.asarray(labels)[:n]))
 
 
 def compare(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mpk.errors import RuntimeMissing
+from mpk.metrics import accuracy
 from mpk.metrics import compare as compare_outputs
 from packager.types import Dataset, ExportedArtifact
 
@@ -70,11 +71,8 @@ def compute_metrics(
     m: dict[str, float | int | None] = {**compare_outputs(reference, actual, task=task),
                                         "accuracy": None, "fp32_accuracy": None}  # fmt: skip
     if task == "classification" and labels is not None:
-        n = len(reference[0])
-        ref_top = reference[0].reshape(n, -1).argmax(axis=1)
-        got_top = actual[0].reshape(n, -1).argmax(axis=1)
-        m["accuracy"] = float(np.mean(got_top == labels[:n]))
-        m["fp32_accuracy"] = float(np.mean(ref_top == labels[:n]))
+        m["accuracy"] = accuracy(actual[0], labels)
+        m["fp32_accuracy"] = accuracy(reference[0], labels)
     return m
 
 

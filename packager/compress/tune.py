@@ -405,7 +405,7 @@ def run_tune(cfg: TuneConfig, out_dir: Path | None = None, *, progress: bool = T
     )
     fp32_acc = None
     if data.held_out.labels is not None:
-        fp32_acc = float((data.reference.reshape(len(data.reference), -1).argmax(1) == data.held_out.labels).mean())
+        fp32_acc = metrics.accuracy(data.reference, data.held_out.labels)
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="mpk-tune-"))
     res = TuneResult(cfg, [], None, fp32_acc, data.held_out.source, len(data.held_out), notes=list(data.notes))
     deadline = t_start + cfg.budget_seconds

@@ -77,3 +77,12 @@ def test_shapes_must_agree() -> None:
         metrics.compare([np.zeros((2, 3))], [np.zeros((2, 4))], classifier=False)
     with pytest.raises(ValueError, match="outputs"):
         metrics.compare([np.zeros((2, 3))], [np.zeros((2, 3)), np.zeros((2, 3))], classifier=False)
+
+
+def test_accuracy_counts_every_sample_and_refuses_missing_labels() -> None:
+    """Against the truth every sample counts, a near-tie too (top-1 agreement would leave it out)."""
+    out = np.array([[0.50, 0.49, 0.0], [0.0, 9.0, 0.0]])  # sample 0 is no clear decision
+    assert metrics.top1_counted(out) == 1
+    assert metrics.accuracy(out, np.array([0, 1])) == 1.0 and metrics.accuracy(out, np.array([1, 1])) == 0.5
+    with pytest.raises(ValueError, match="2 samples, 1 labels"):
+        metrics.accuracy(out, np.array([0]))
