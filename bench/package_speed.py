@@ -4,7 +4,8 @@ Prints one table. Three measurements per repetition, on the same machine, each a
 
 1. ``mpk package`` cold (a fresh cache dir, the built-in's weights already trained there) for int8 on
    executorch + onnx: loading, data, fp32 reference, export, bias correction, verification, zstd sizes and
-   the manifest.
+   the manifest. On Linux ExecuTorch's lowering runs in a forked child while ONNX builds (the direct calls
+   run one after the other, as a script would); ``--cpu`` counts the child's CPU too.
 2. The same exports by hand, with no mpk code on the timed path, in a fresh process of its own
    (``--direct``), so it pays for the interpreter and the imports as ``mpk`` does: torch.export + PT2E
    XNNPACKQuantizer + to_edge_transform_and_lower for ExecuTorch; torch.onnx.export (dynamo) +

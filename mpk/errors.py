@@ -56,6 +56,21 @@ class MpkError(click.ClickException):
     def show(self, file=None) -> None:
         click.echo(click.style("error: ", fg="red", bold=True) + self.format_message(), err=True)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # pickled as class + attributes, not constructor arguments (they differ per subclass), so an error
+        # raised in a forked child (packager.host.Forked) arrives as itself; an OSError cause comes along
+        # (the pipeline stops on a full disk rather than blaming one backend)
+        cause = self.__cause__ if isinstance(self.__cause__, OSError) else None
+        return (_rebuild, (type(self), dict(self.__dict__), cause))
+
+
+def _rebuild(cls: type[MpkError], state: dict[str, object], cause: OSError | None = None) -> MpkError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message"))
+    error.__dict__.update(state)
+    error.__cause__ = cause
+    return error
+
 
 class UsageError(MpkError):
     """The user asked for something malformed: flag, name, path, file content."""

@@ -1,9 +1,9 @@
 """Build and verify one artifact: the per-artifact stages of ``mpk package``.
 
-``build_stage`` exports an :class:`~packager.stages.ArtifactJob` (or copies it from the cache after checking
-its sha256) into the package; ``verify_stage`` gives the manifest's ``verification`` for it, from the cache
-when everything it depends on is the same. Every artifact, QAT and mixed precision included, goes through
-both.
+``start_build`` begins an :class:`~packager.stages.ArtifactJob` (a cache hit, sha256 checked, or an export that
+may leave its lowering running in a forked child) and ``PendingBuild.finish`` puts it into the package;
+``verify_stage`` gives the manifest's ``verification`` for it, from the cache when everything it depends on is
+the same. Every artifact, QAT and mixed precision included, goes through both.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mpk.errors import ModelError
-from packager.cache import Cache, code_hash, make_key
+from packager.cache import Cache, CacheHit, code_hash, make_key
+from packager.export.base import Started
 from packager.host import Background, cpu_fingerprint, native_stderr_quiet
 from packager.output import umask_mode
 from packager.recipe import Recipe
@@ -42,53 +43,101 @@ class BuiltArtifact:
     compressed_size: Future[int]
 
 
-def build_stage(job: ArtifactJob, staging: Path, cache: Cache, background: Background) -> BuiltArtifact:
-    """Export ``job`` (or copy it from the cache, sha256 checked) into ``staging/<id>/``, atomically."""
-    from packager.manifest import sha256_path, size_path
-
+def start_build(
+    job: ArtifactJob, staging: Path, cache: Cache, background: Background, *, overlap: bool = False
+) -> PendingBuild:
+    """Begin building ``job`` into ``staging/<id>/`` (atomically, at :meth:`PendingBuild.finish`): a cache hit is
+    copied now, sha256 checked; a miss is exported, and with ``overlap`` the exporter may leave part of the
+    export running (``job.start``) until ``finish``."""
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.id}-", dir=staging))
     umask_mode(tmp)
     try:
         hit = cache.artifacts.get(job.key, tmp)
         if hit is not None:
-            art = hit.artifact
-            files = [Path(art.path), *map(Path, art.extra_files), *map(Path, art.profiling_files.values())]
-            sha = {p: hit.sha256[p.relative_to(tmp).as_posix()] for p in files}
+            started = Started.now(hit.artifact)
+        elif overlap and job.start is not None:
+            started = job.start(tmp)
         else:
-            art = job.export(tmp)
-            if not Path(art.path).exists():
-                raise ModelError(f"{job.backend} exporter reported {art.path} but wrote no such file")
-            art = dataclasses.replace(
-                art,
-                backend=job.backend,
-                scheme=job.scheme,
-                path=Path(art.path),
-                extra_files=[Path(p) for p in art.extra_files],
-                profiling_files={k: Path(p) for k, p in art.profiling_files.items()},
-            )
-            sha = {p: sha256_path(p) for p in [art.path, *art.extra_files, *art.profiling_files.values()]}
-            cache.artifacts.put(job.key, art, tmp, {p.relative_to(tmp).as_posix(): h for p, h in sha.items()})
-        final = staging / job.id
-        os.replace(tmp, final)
+            started = Started.now(job.export(tmp))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    moved = {final / p.relative_to(tmp): h for p, h in sha.items()}
-    art = dataclasses.replace(
-        art,
-        path=final / art.path.relative_to(tmp),
-        extra_files=[final / p.relative_to(tmp) for p in art.extra_files],
-        profiling_files={k: final / p.relative_to(tmp) for k, p in art.profiling_files.items()},
-    )
-    sizes = {p: size_path(p) for p in moved}
-    return BuiltArtifact(
-        job=job,
-        artifact=art,
-        cached=hit is not None,
-        sha256=moved,
-        size_bytes=sizes,
-        compressed_size=_compressed_size(art.path, moved[art.path], cache, background),
-    )
+    return PendingBuild(job, staging, tmp, started, hit, cache, background)
+
+
+class PendingBuild:
+    """An artifact whose export has begun (:func:`start_build`); :meth:`finish` completes it into the package."""
+
+    def __init__(
+        self,
+        job: ArtifactJob,
+        staging: Path,
+        tmp: Path,
+        started: Started,
+        hit: CacheHit | None,
+        cache: Cache,
+        background: Background,
+    ) -> None:
+        self.job, self._staging, self._tmp, self._started, self._hit = job, staging, tmp, started, hit
+        self._cache, self._background = cache, background
+
+    @property
+    def running(self) -> bool:
+        """True while part of the export may still run (in a forked child)."""
+        return self._started.running
+
+    def done(self) -> bool:
+        return self._started.done()
+
+    def cancel(self) -> None:
+        """Stop what still runs and drop the half-built folder."""
+        self._started.cancel()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def finish(self) -> BuiltArtifact:
+        """Wait for the export, check what it wrote, cache it and move it to ``staging/<id>/``."""
+        from packager.manifest import sha256_path, size_path
+
+        job, tmp, hit = self.job, self._tmp, self._hit
+        try:
+            art = self._started.finish()
+            if hit is not None:
+                files = [Path(art.path), *map(Path, art.extra_files), *map(Path, art.profiling_files.values())]
+                sha = {p: hit.sha256[p.relative_to(tmp).as_posix()] for p in files}
+            else:
+                if not Path(art.path).exists():
+                    raise ModelError(f"{job.backend} exporter reported {art.path} but wrote no such file")
+                art = dataclasses.replace(
+                    art,
+                    backend=job.backend,
+                    scheme=job.scheme,
+                    path=Path(art.path),
+                    extra_files=[Path(p) for p in art.extra_files],
+                    profiling_files={k: Path(p) for k, p in art.profiling_files.items()},
+                )
+                sha = {p: sha256_path(p) for p in [art.path, *art.extra_files, *art.profiling_files.values()]}
+                self._cache.artifacts.put(job.key, art, tmp, {p.relative_to(tmp).as_posix(): h for p, h in sha.items()})
+            final = self._staging / job.id
+            os.replace(tmp, final)
+        except BaseException:
+            self.cancel()
+            raise
+        moved = {final / p.relative_to(tmp): h for p, h in sha.items()}
+        art = dataclasses.replace(
+            art,
+            path=final / art.path.relative_to(tmp),
+            extra_files=[final / p.relative_to(tmp) for p in art.extra_files],
+            profiling_files={k: final / p.relative_to(tmp) for k, p in art.profiling_files.items()},
+        )
+        sizes = {p: size_path(p) for p in moved}
+        return BuiltArtifact(
+            job=job,
+            artifact=art,
+            cached=hit is not None,
+            sha256=moved,
+            size_bytes=sizes,
+            compressed_size=_compressed_size(art.path, moved[art.path], self._cache, self._background),
+        )
 
 
 def _compressed_size(path: Path, sha256: str, cache: Cache, background: Background) -> Future[int]:
@@ -134,7 +183,7 @@ def verify_stage(
     """The manifest's ``verification`` for one artifact, and whether it came from the cache.
 
     The cache key holds everything :func:`packager.verify.verify_artifact` reads: the artifact's bytes (by the
-    sha256 checked in ``build_stage``), the evaluation samples and labels, the fp32 reference, tolerances,
+    sha256 checked when it was built), the evaluation samples and labels, the fp32 reference, tolerances,
     threads, this host's OS and CPU, the runtime versions and mpk's code. A run that crashed is not cached.
     """
     from packager.verify import tolerances_for, verify_artifact

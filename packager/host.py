@@ -1,5 +1,6 @@
 """This host and this process, as the pipeline needs them: CPU features that change numeric results, native
-libraries' output on fd 2, and one background worker for work that releases the GIL."""
+libraries' output on fd 2, one background worker for work that releases the GIL, and forked children for
+Python-bound work that may run beside the next artifact."""
 
 from __future__ import annotations
 
@@ -45,6 +46,85 @@ class Background:
         """Stop after the queued work; what is still queued or running is abandoned with the thread."""
         if self._thread is not None:
             self._queue.put(None)
+
+
+def can_fork() -> bool:
+    """True where :class:`Forked` may take work off this process: Linux (macOS's system frameworks are not
+    fork-safe once loaded, and Windows has no fork) with more than one CPU to run the child on."""
+    return sys.platform.startswith("linux") and (os.cpu_count() or 1) > 1
+
+
+class ChildFailed(RuntimeError):
+    """A :class:`Forked` child ended without sending its result (killed, out of memory, a native crash)."""
+
+
+class Forked:
+    """``fn()`` run in a forked child process, its result (or exception) pickled back through a pipe.
+
+    For Python-bound work that a thread cannot overlap (it would hold the GIL): ExecuTorch's lowering runs
+    here while this process builds the next artifact. The child starts with this process's memory (the
+    program to lower is not serialised); it exits with ``os._exit`` (no atexit handler of this process runs
+    twice) and dies on Ctrl-C without a traceback. Only the forking thread exists in the child: ``fn`` must
+    not wait on another thread of this process.
+    """
+
+    def __init__(self, fn: Callable[[], Any], *, name: str = "mpk-child") -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child_main, args=(fn, send), name=name, daemon=True)
+        self._proc.start()
+        send.close()  # the child's end: EOF here once the child is gone
+        self._result: tuple[bool, Any] | None = None
+
+    def done(self) -> bool:
+        """True when :meth:`result` would not wait."""
+        return self._result is not None or self._recv.poll() or not self._proc.is_alive()
+
+    def result(self) -> Any:
+        """The child's return value, or its exception raised here. Waits; a signal handler's exception (the
+        step time limit) interrupts the wait, and the caller then calls :meth:`cancel`."""
+        if self._result is None:
+            try:
+                self._result = self._recv.recv()
+            except EOFError:
+                self._proc.join()
+                code = self._proc.exitcode
+                why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                raise ChildFailed(f"the child process ended without a result ({why})") from None
+            finally:
+                if self._result is not None:
+                    self._proc.join()
+                    self._recv.close()
+        ok, value = self._result
+        if ok:
+            return value
+        raise value
+
+    def cancel(self) -> None:
+        """Kill the child if it still runs (SIGKILL: it holds nothing this process needs)."""
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join()
+        self._recv.close()
+
+
+def _child_main(fn: Callable[[], Any], send: Any) -> None:
+    import pickle
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C reaches the whole process group: just end
+    try:
+        message: tuple[bool, Any] = (True, fn())
+    except BaseException as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+            message = (False, e)
+        except Exception:  # an exception type that does not survive pickling: keep its type name and text
+            message = (False, RuntimeError(f"{type(e).__name__}: {e}"))
+    send.send(message)
+    send.close()
 
 
 _CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512", "vnni", "amx", "asimd", "sve", "i8mm", "bf16")

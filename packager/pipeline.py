@@ -11,16 +11,19 @@ everything was written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mpk import __version__
 from mpk.errors import CheckFailed, ModelError, MpkError
-from packager.build import BuiltArtifact, build_stage, verify_stage
+from packager.build import BuiltArtifact, PendingBuild, start_build, verify_stage
 from packager.cache import DISK_FULL, Cache
 from packager.host import Background, StepTimeout, time_limit
 from packager.output import Staging, staged
@@ -42,6 +45,8 @@ from packager.stages import (
 from packager.types import Dataset, ModelInfo, StaleModelInfo
 
 __all__ = ["PackageResult", "Progress", "package"]
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -120,22 +125,17 @@ def _package(
             with steps("fp32 reference"):
                 reference = reference_stage(model, data.evaluation, cache)
             compressed = compress_stage(recipe, model, data, cache, steps, facts_from_cache=model_facts_from_cache)
-            built: list[tuple[BuiltArtifact, dict[str, Any]]] = []
             failures: list[dict[str, str]] = []
-            for job in plan_jobs(recipe, combos, compressed, data, exporters):
-                artifact = _build(job, staging, cache, background, steps, failures, recipe.step_timeout)
-                if artifact is None:
-                    continue
-                with steps(f"verify {job.id}"):
-                    try:
-                        with time_limit(recipe.step_timeout, f"verifying {job.id}"):
-                            verification, _ = verify_stage(
-                                artifact, data, reference, recipe, cache, exporters, quiet_native=quiet_native
-                            )
-                    except StepTimeout as e:
-                        verification = _timed_out_verification(str(e), recipe, job)
-                        steps.warn(f"{job.id}: {e}")
-                built.append((artifact, verification))
+            built = _build_all(
+                plan_jobs(recipe, combos, compressed, data, exporters),
+                staging,
+                cache,
+                background,
+                steps,
+                failures,
+                lambda b: _verify(b, data, reference, recipe, cache, exporters, steps, quiet_native),
+                recipe.step_timeout,
+            )
             with steps("manifest"):
                 manifest = _write_manifest(staging, recipe, compressed, data, reference, built, failures)
             staging.commit()
@@ -151,20 +151,98 @@ def _package(
     )
 
 
-def _build(
-    job: ArtifactJob,
+def _build_all(
+    jobs: list[ArtifactJob],
     staging: Staging,
     cache: Cache,
     background: Background,
     steps: Steps,
     failures: list[dict[str, str]],
-    step_timeout: float | None = None,
-) -> BuiltArtifact | None:
-    """``build_stage`` for one job; an export failure (or one past ``step_timeout`` seconds) is recorded in
-    ``failures`` and the run goes on."""
+    verify: Callable[[BuiltArtifact], dict[str, Any]],
+    step_timeout: float | None,
+) -> list[tuple[BuiltArtifact, dict[str, Any]]]:
+    """Build and verify every job; the built ones in job order, each with its verification.
+
+    An exporter may leave part of its export running in a forked child (ExecuTorch's lowering, about half
+    of a cold EfficientNet-Lite0 package) while the next job builds and verifies here. At most one such
+    export runs at a time, and only when another job is left to overlap it; it is finished (and verified)
+    as soon as it is done, or after the last job.
+    """
+    built: dict[int, tuple[BuiltArtifact, dict[str, Any]]] = {}
+    waiting: tuple[int, PendingBuild, float] | None = None  # the export left running, its job's index, deadline
+
+    def complete(i: int, pending: PendingBuild, deadline: float) -> None:
+        artifact = _recorded(
+            pending.job, failures, steps, functools.partial(_finish, pending, deadline, steps, step_timeout)
+        )
+        if artifact is not None:
+            built[i] = (artifact, verify(artifact))
+
     try:
-        with steps(f"export {job.id}"), time_limit(step_timeout, f"exporting {job.id}"):
-            built = build_stage(job, staging.dir, cache, background)
+        for i, job in enumerate(jobs):
+            if waiting is not None and waiting[1].done():
+                complete(*waiting)
+                waiting = None
+            overlap = waiting is None and i + 1 < len(jobs)
+            deadline = time.monotonic() + step_timeout if step_timeout else math.inf
+            start = functools.partial(_start, job, staging, cache, background, steps, overlap, step_timeout)
+            pending = _recorded(job, failures, steps, start)
+            if pending is None:
+                continue
+            if pending.running:
+                waiting = (i, pending, deadline)
+            else:
+                complete(i, pending, deadline)
+        if waiting is not None:
+            complete(*waiting)
+            waiting = None
+    finally:
+        if waiting is not None:  # Ctrl-C, a full disk: nothing may keep running behind the user's back
+            waiting[1].cancel()
+    return [built[i] for i in sorted(built)]
+
+
+def _start(
+    job: ArtifactJob,
+    staging: Staging,
+    cache: Cache,
+    background: Background,
+    steps: Steps,
+    overlap: bool,
+    step_timeout: float | None,
+) -> PendingBuild:
+    with steps(f"export {job.id}"), time_limit(step_timeout, f"exporting {job.id}"):
+        pending = start_build(job, staging.dir, cache, background, overlap=overlap)
+    if pending.running:
+        steps.note(f"{job.id}: lowering in a child process while the next artifact builds")
+    return pending
+
+
+def _finish(pending: PendingBuild, deadline: float, steps: Steps, step_timeout: float | None) -> BuiltArtifact:
+    job = pending.job
+    if not pending.running or pending.done():  # what ran beside the other jobs has its result: no wait to bound
+        built = pending.finish()
+    else:
+        with steps(f"finish export {job.id}"):
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StepTimeout("no time left")
+                with time_limit(left if math.isfinite(left) else None, f"exporting {job.id}"):
+                    built = pending.finish()
+            except StepTimeout:
+                pending.cancel()
+                raise StepTimeout(f"exporting {job.id} did not finish within {step_timeout:g} s") from None
+    if built.cached:
+        steps.note(f"{job.id}: cached")
+    return built
+
+
+def _recorded(job: ArtifactJob, failures: list[dict[str, str]], steps: Steps, fn: Callable[[], _T]) -> _T | None:
+    """``fn()``; an export failure (or one past the step limit) is recorded in ``failures`` and the run goes
+    on with the other artifacts (None)."""
+    try:
+        return fn()
     except StepTimeout as e:
         msg = f"{job.backend}: {e} (the step limit, --step-timeout); the other artifacts were still produced"
         failures.append({"backend": job.backend, "scheme": job.scheme, "error": msg})
@@ -184,9 +262,29 @@ def _build(
         failures.append({"backend": job.backend, "scheme": job.scheme, "error": f"{type(e).__name__}: {e}"})
         steps.warn(f"{job.id} failed: {type(e).__name__}: {e}")
         return None
-    if built.cached:
-        steps.note(f"{job.id}: cached")
-    return built
+
+
+def _verify(
+    artifact: BuiltArtifact,
+    data: PackageData,
+    reference: Reference,
+    recipe: Recipe,
+    cache: Cache,
+    exporters: Mapping[str, Any] | None,
+    steps: Steps,
+    quiet_native: bool,
+) -> dict[str, Any]:
+    job = artifact.job
+    with steps(f"verify {job.id}"):
+        try:
+            with time_limit(recipe.step_timeout, f"verifying {job.id}"):
+                verification, _ = verify_stage(
+                    artifact, data, reference, recipe, cache, exporters, quiet_native=quiet_native
+                )
+        except StepTimeout as e:
+            verification = _timed_out_verification(str(e), recipe, job)
+            steps.warn(f"{job.id}: {e}")
+    return verification
 
 
 def _timed_out_verification(reason: str, recipe: Recipe, job: ArtifactJob) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from mpk.errors import ExportError, ModelError
 from packager.cache import Cache, code_hash, make_key
+from packager.export.base import Started
 from packager.host import cpu_fingerprint
 from packager.recipe import Recipe
 from packager.types import (
@@ -74,6 +75,9 @@ class ArtifactJob:
     model: ModelInfo
     #: the scheme whose tolerances apply ("int8" for a QAT artifact)
     tolerance_scheme: str
+    #: ``export`` begun, possibly leaving part of the work running beside the next artifact
+    #: (:meth:`packager.export.base.Exporter.start_export`); None: this job only exports in one go
+    start: Callable[[Path], Started] | None = None
 
     @property
     def id(self) -> str:
@@ -438,14 +442,16 @@ def plan_jobs(
             if scheme.startswith("int8") and backend in ("executorch", "onnx")
             else None,
         )
+        call = _ExportCall(backend, scheme, calibration, recipe, exporters, shared)
         jobs.append(
             ArtifactJob(
                 backend=backend,
                 scheme=scheme,
                 key=key,
-                export=_ExportCall(backend, scheme, calibration, recipe, exporters, shared),
+                export=call,
                 model=info,
                 tolerance_scheme=scheme,
+                start=call.start,
             )
         )
     return jobs + compressed.jobs
@@ -469,6 +475,11 @@ class _ExportCall:
     def __call__(self, folder: Path) -> ExportedArtifact:
         exporter = exporter_for(self.backend, self.exporters, self.recipe)
         return exporter.export(self.shared.model_for_export(), self.scheme, self.calibration, folder)
+
+    def start(self, folder: Path) -> Started:
+        exporter = exporter_for(self.backend, self.exporters, self.recipe)
+        model = self.shared.model_for_export()
+        return exporter.start_export(model, self.scheme, self.calibration, folder, overlap=True)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ combinations are refused before any work starts.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,29 @@ class HostSession(Protocol):
     """An artifact opened on this host's runtime. ``run`` takes one sample, returns the outputs."""
 
     def run(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]: ...
+
+
+class Started:
+    """An export begun by :meth:`Exporter.start_export`. ``finish()`` returns the artifact (or raises what
+    ``export`` would); ``done()`` is True when ``finish`` would not wait; ``cancel()`` stops what still runs
+    (the pipeline's way out on Ctrl-C or a failure elsewhere)."""
+
+    def __init__(
+        self,
+        finish: Callable[[], ExportedArtifact],
+        *,
+        running: bool = False,
+        done: Callable[[], bool] = lambda: True,
+        cancel: Callable[[], None] = lambda: None,
+    ) -> None:
+        #: True when part of the export is still running
+        self.running = running
+        self.finish, self.done, self.cancel = finish, done, cancel
+
+    @classmethod
+    def now(cls, artifact: ExportedArtifact) -> Started:
+        """An export that is already complete."""
+        return cls(lambda: artifact)
 
 
 class Exporter(abc.ABC):
@@ -42,6 +66,14 @@ class Exporter(abc.ABC):
         Raises :class:`~mpk.errors.ExportError` naming the failing operator
         when the backend cannot lower the model.
         """
+
+    def start_export(
+        self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path, *, overlap: bool
+    ) -> Started:
+        """:meth:`export`, begun. With ``overlap`` the exporter may leave Python-bound work running in a
+        forked child (:class:`packager.host.Forked`) so the pipeline builds the next artifact meanwhile; the
+        finished artifact is the same either way. The default does everything now."""
+        return Started.now(self.export(model, scheme, calibration, out_dir))
 
     @abc.abstractmethod
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:

@@ -7,6 +7,9 @@ as for ONNX. ``bias_correction=False`` skips that. The int8 model is checked aga
 samples and its per-layer error table goes to the manifest; with ``float_fallback="auto"`` the worst layers stay
 float until the tolerance is met (:mod:`packager.export.layer_errors`).
 
+Lowering (edge -> XNNPACK -> ``.pte``) is single-threaded Python, half of a cold EfficientNet-Lite0 package; when the
+pipeline has another artifact to build, :meth:`ExecuTorchExporter.start_export` runs it in a forked child meanwhile.
+
 An operator XNNPACK cannot take is not an error: it stays in the graph and runs
 on ExecuTorch's portable kernels, which is slow on a phone. We record it in
 ``delegation["undelegated"]`` so the manifest (and a reviewer) sees it. A failure
@@ -25,8 +28,17 @@ import numpy as np
 
 from mpk.errors import DataError, ExportError, UsageError
 from packager.export import source_map
-from packager.export.base import Exporter, HostSession, capture, describe_failure, dynamic_shapes, locate_node
+from packager.export.base import (
+    Exporter,
+    HostSession,
+    Started,
+    capture,
+    describe_failure,
+    dynamic_shapes,
+    locate_node,
+)
 from packager.export.capabilities import check_combination
+from packager.host import ChildFailed, Forked, can_fork
 from packager.types import Dataset, ExportedArtifact, LoadedModel
 
 #: graph nodes that move data around but compute nothing; left out of the op counts
@@ -327,10 +339,16 @@ class ExecuTorchExporter(Exporter):
         self.bias_correction = bias_correction
 
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
-        check_combination(self.name, scheme)
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
+        return self.start_export(model, scheme, calibration, out_dir, overlap=False).finish()
 
+    def start_export(
+        self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path, *, overlap: bool
+    ) -> Started:
+        """Capture and quantize here; lower (edge -> XNNPACK -> ``.pte``: a single-threaded Python half-minute
+        for EfficientNet-Lite0) in a forked child when ``overlap`` and the host can (:func:`can_fork`), so
+        the next artifact builds meanwhile. The child lowers the same program object, so the bytes are
+        the same as lowering here."""
+        check_combination(self.name, scheme)
         ep = capture(model, self.name)
         quantizer: dict[str, Any] = {}
         if scheme in ("int8", "int8-dynamic"):
@@ -345,48 +363,33 @@ class ExecuTorchExporter(Exporter):
                 float_fallback=self.float_fallback == "auto",
                 tolerances=tolerances_for(scheme, self.tolerance_overrides),
             )
-        partitioner = _bounded_partitioner(XnnpackPartitioner, MAX_PARTITIONS)
-        refused = None
-        try:
-            try:
-                edge = to_edge_transform_and_lower(
-                    ep, transform_passes=[slices_for_xnnpack], partitioner=[partitioner], generate_etrecord=True
-                )
-            except TooManyPartitions as e:
-                # XNNPACK kept ops like aten.linear whole for itself; without it they must be decomposed again
-                refused = str(e)
-                edge = to_edge_transform_and_lower(ep, transform_passes=[slices_for_xnnpack], generate_etrecord=True)
-        except Exception as e:
-            raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
-        delegation, ops = delegation_summary(edge.exported_program())
-        if refused is not None:
-            delegation["not_delegated_because"] = refused
-        stranded = sorted(k for k in delegation["undelegated"] if k.startswith("quantized_decomposed."))
-        if stranded:
-            # ExecuTorch's portable kernels (the pip runtime, and what runs outside a delegate) have no int8
-            # quantize/dequantize: the program would not even serialise ("Missing out variants")
-            where = refused or "XNNPACK declined the ops around them: " + ", ".join(
-                f"{k} x{v}"
-                for k, v in sorted(delegation["undelegated"].items(), key=lambda kv: -kv[1])
-                if k not in stranded
-            )
-            n = sum(delegation["undelegated"][k] for k in stranded)
-            raise ExportError(
-                self.name,
-                f"{scheme} needs XNNPACK to run its quantized ops, and {n} quantize/dequantize ops were left outside "
-                f"it ({where}); portable kernels have no int8 kernels",
-                hint="package this model with --quantize none for ExecuTorch, or int8 on ONNX",
-            )
-        try:
-            program = edge.to_executorch()
-        except Exception as e:
-            raise ExportError(self.name, f"to_executorch failed: {describe_failure(e)}") from e
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{model.name}-{scheme}{self.suffix}"
-        path.write_bytes(program.buffer)
-        details: dict[str, Any] = {"partitioner": "XnnpackPartitioner"}
-        profiling = source_map.profiling_files(source_map.write_executorch_files, model, edge, program, path,
-                                               details=details)  # fmt: skip
+
+        def artifact(lowered: _Lowered) -> ExportedArtifact:
+            return self._artifact(model, scheme, calibration, quantizer, lowered)
+
+        if overlap and can_fork():
+            child = Forked(lambda: _lower(ep, model, scheme, out_dir, threads=1), name=f"mpk-lower-{scheme}")
+
+            def finish() -> ExportedArtifact:
+                try:
+                    return artifact(child.result())
+                except ChildFailed as e:
+                    raise ExportError(self.name, f"lowering to edge/XNNPACK failed: {e}") from None
+                finally:
+                    child.cancel()
+
+            return Started(finish, running=True, done=child.done, cancel=child.cancel)
+        return Started.now(artifact(_lower(ep, model, scheme, out_dir)))
+
+    def _artifact(
+        self,
+        model: LoadedModel,
+        scheme: str,
+        calibration: Dataset | None,
+        quantizer: dict[str, Any],
+        lowered: _Lowered,
+    ) -> ExportedArtifact:
+        details = lowered.details
         if scheme != "fp32":
             fallback = quantizer.pop("float_fallback", None)
             details["layer_errors"] = quantizer.pop("layer_errors")
@@ -402,17 +405,83 @@ class ExecuTorchExporter(Exporter):
         return ExportedArtifact(
             backend=self.name,
             scheme=scheme,
-            path=path,
+            path=lowered.path,
             inputs=list(model.inputs),
             outputs=list(model.outputs),
-            delegation=delegation,
-            op_summary=ops,
+            delegation=lowered.delegation,
+            op_summary=lowered.op_summary,
             details=details,
-            profiling_files=profiling,
+            profiling_files=lowered.profiling_files,
         )
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:
         return ExecuTorchSession(path, threads=threads)
+
+
+@dataclass
+class _Lowered:
+    """What lowering wrote and found: the ``.pte``, its delegation and op counts, its profiling files."""
+
+    path: Path
+    delegation: dict[str, Any]
+    op_summary: dict[str, int]
+    details: dict[str, Any]
+    profiling_files: dict[str, Path]
+
+
+def _lower(ep: Any, model: LoadedModel, scheme: str, out_dir: Path, *, threads: int | None = None) -> _Lowered:
+    """Edge -> XNNPACK -> ``.pte`` under ``out_dir``, with the source map. ``threads``: torch's intra-op
+    threads for the call (1 in a forked child: the parent goes on with its own work)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    partitioner = _bounded_partitioner(XnnpackPartitioner, MAX_PARTITIONS)
+    refused = None
+    try:
+        try:
+            edge = to_edge_transform_and_lower(
+                ep, transform_passes=[slices_for_xnnpack], partitioner=[partitioner], generate_etrecord=True
+            )
+        except TooManyPartitions as e:
+            # XNNPACK kept ops like aten.linear whole for itself; without it they must be decomposed again
+            refused = str(e)
+            edge = to_edge_transform_and_lower(ep, transform_passes=[slices_for_xnnpack], generate_etrecord=True)
+    except Exception as e:
+        raise ExportError("executorch", f"lowering to edge/XNNPACK failed: {describe_failure(e)}") from e
+    delegation, ops = delegation_summary(edge.exported_program())
+    if refused is not None:
+        delegation["not_delegated_because"] = refused
+    stranded = sorted(k for k in delegation["undelegated"] if k.startswith("quantized_decomposed."))
+    if stranded:
+        # ExecuTorch's portable kernels (the pip runtime, and what runs outside a delegate) have no int8
+        # quantize/dequantize: the program would not even serialise ("Missing out variants")
+        where = refused or "XNNPACK declined the ops around them: " + ", ".join(
+            f"{k} x{v}"
+            for k, v in sorted(delegation["undelegated"].items(), key=lambda kv: -kv[1])
+            if k not in stranded
+        )
+        n = sum(delegation["undelegated"][k] for k in stranded)
+        raise ExportError(
+            "executorch",
+            f"{scheme} needs XNNPACK to run its quantized ops, and {n} quantize/dequantize ops were left outside "
+            f"it ({where}); portable kernels have no int8 kernels",
+            hint="package this model with --quantize none for ExecuTorch, or int8 on ONNX",
+        )
+    try:
+        program = edge.to_executorch()
+    except Exception as e:
+        raise ExportError("executorch", f"to_executorch failed: {describe_failure(e)}") from e
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{model.name}-{scheme}{ExecuTorchExporter.suffix}"
+    path.write_bytes(program.buffer)
+    details: dict[str, Any] = {"partitioner": "XnnpackPartitioner"}
+    profiling = source_map.profiling_files(source_map.write_executorch_files, model, edge, program, path,
+                                           details=details)  # fmt: skip
+    return _Lowered(path, delegation, ops, details, profiling)
 
 
 class ExecuTorchSession:

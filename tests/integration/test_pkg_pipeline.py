@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,120 @@ def test_qat_artifact_goes_through_the_artifact_cache(tmp_path: Path, monkeypatc
     assert first.manifest["compression"] == second.manifest["compression"]
     assert a["verification"]["status"] == "passed" and a["verification"]["tolerances"]["min_cosine"] == 0.97
     assert sha256_path(tmp_path / "b" / b["path"]) == b["sha256"]
+
+
+# --- ExecuTorch's lowering beside the next artifact (packager.host.Forked) ---------------------------------
+
+
+def _tiny_recipe(tmp_path: Path, backends: tuple[str, ...], schemes: tuple[str, ...], **kw) -> Recipe:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    f = tmp_path / "tiny.py"
+    f.write_text(FACTORY)
+    base = dict(model=f"{f}:make", backends=backends, schemes=schemes, calibration="random", evaluation="random",
+                calibration_count=8, eval_count=8, cache=False, out=str(tmp_path / "pkg"))  # fmt: skip
+    return Recipe(**{**base, **kw})
+
+
+def _notes(events: list[tuple[str, str]]) -> list[str]:
+    return [text for kind, text in events if kind == "note"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
+def test_lowering_beside_the_next_artifact_writes_the_same_program(tmp_path: Path) -> None:
+    """With ONNX after it, ExecuTorch int8 is lowered in a child process while ONNX builds; alone, in this one.
+    The .pte, its op map, delegation and op counts are the same bytes and numbers either way. (The ETRecord
+    differs between any two runs, in-process ones too: it stores zip times and graph ids.)"""
+    events: list[tuple[str, str]] = []
+    both = package(_tiny_recipe(tmp_path / "a", ("executorch", "onnx"), ("int8",)),
+                   progress=lambda kind, text, dt: events.append((kind, text)))  # fmt: skip
+    alone_events: list[tuple[str, str]] = []
+    alone = package(_tiny_recipe(tmp_path / "b", ("executorch",), ("int8",)),
+                    progress=lambda kind, text, dt: alone_events.append((kind, text)))  # fmt: skip
+    assert any("executorch-int8: lowering in a child process" in n for n in _notes(events)), events
+    assert not any("child process" in n for n in _notes(alone_events)), alone_events
+    assert [a["id"] for a in both.manifest["artifacts"]] == ["executorch-int8", "onnx-int8"]  # recipe order
+    a, b = _artifact(both, "executorch-int8"), _artifact(alone, "executorch-int8")
+    assert a["sha256"] == b["sha256"] and a["size_bytes"] == b["size_bytes"]
+    for key in ("delegation", "op_summary"):
+        assert a[key] == b[key], key
+    assert a["profiling"]["op_map"] == b["profiling"]["op_map"]
+    members = [sorted(zipfile.ZipFile(r.out / x["profiling"]["etrecord"]["path"]).namelist()) for r, x in
+               ((both, a), (alone, b))]  # fmt: skip
+    assert members[0] == members[1] and "edge_dialect_exported_program/forward" in members[0]
+    assert a["details"]["partitioner"] == b["details"]["partitioner"] == "XnnpackPartitioner"
+    assert a["verification"]["status"] == "passed" and a["verification"]["metrics"] == b["verification"]["metrics"]
+
+
+def _lower_in_child_only(behaviour):
+    """A stand-in for ExecuTorch's ``_lower`` that misbehaves in the forked child and lowers normally here."""
+    import packager.export.executorch as et
+
+    real, parent = et._lower, os.getpid()
+
+    def lower(*a, **k):
+        if os.getpid() != parent:
+            behaviour()
+        return real(*a, **k)
+
+    return lower
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
+def test_a_lowering_child_that_dies_is_one_failure_and_the_rest_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child killed (the OOM killer's SIGKILL): one line naming the backend and the signal, exit 5."""
+    import packager.export.executorch as et
+
+    monkeypatch.setattr(et, "_lower", _lower_in_child_only(lambda: os.kill(os.getpid(), 9)))
+    res = package(_tiny_recipe(tmp_path, ("executorch", "onnx"), ("none",)))
+    (f,) = res.failures
+    assert f["backend"] == "executorch" and "lowering" in f["error"] and "signal 9" in f["error"], f
+    assert [a["id"] for a in res.manifest["artifacts"]] == ["onnx-fp32"]
+    with pytest.raises(ModelError) as info:
+        res.check()
+    assert info.value.exit_code == EXIT_MODEL
+    assert list((tmp_path / "pkg").glob(".tmp-*")) == []  # the half-built folder went with it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
+def test_a_lowering_child_past_the_step_limit_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step limit counts from the export's start, the ONNX build beside it included; at the limit the child
+    is killed (not left lowering behind the user's back) and the failure says which limit."""
+    import multiprocessing
+
+    import packager.export.executorch as et
+
+    monkeypatch.setattr(et, "_lower", _lower_in_child_only(lambda: time.sleep(600)))
+    t0 = time.monotonic()
+    res = package(_tiny_recipe(tmp_path, ("executorch", "onnx"), ("none",), step_timeout=20))
+    assert time.monotonic() - t0 < 120
+    (f,) = res.failures
+    assert f["backend"] == "executorch" and "did not finish within 20 s" in f["error"], f
+    assert [a["id"] for a in res.manifest["artifacts"]] == ["onnx-fp32"]
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
+def test_a_failure_that_stops_the_run_kills_the_lowering_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while ONNX builds stops the run (the previous output is kept); the ExecuTorch lowering running
+    beside it stops with it."""
+    import errno
+    import multiprocessing
+
+    import packager.export.executorch as et
+    from packager.export.onnx import OnnxExporter
+
+    monkeypatch.setattr(et, "_lower", _lower_in_child_only(lambda: time.sleep(600)))
+
+    class DiskFull(OnnxExporter):
+        def export(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        package(_tiny_recipe(tmp_path, ("executorch", "onnx"), ("none",)), exporters={"onnx": DiskFull()})
+    assert time.monotonic() - t0 < 120
+    assert "No space left" in str(info.value) or "disk full" in str(info.value), info.value
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "pkg").exists()
