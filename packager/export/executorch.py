@@ -20,6 +20,8 @@ exception lets us.
 from __future__ import annotations
 
 import collections
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,13 +131,14 @@ def _quantize_pt2e(
     bias_correction: bool,
     float_fallback: bool,
     tolerances: dict[str, float],
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any], Callable[[], None]]:
     """PT2E with mpk's XNNPACK quantizer (:mod:`packager.export.pt2e_quantizer`): prepare, calibrate (static
     only), convert, bias-correct; with ``float_fallback`` the worst layers stay float until the calibration
     outputs meet ``tolerances`` (:func:`packager.export.layer_errors.search`). Re-exported for lowering.
 
-    Returns the quantized ExportedProgram and the quantizer's details for the manifest (policy, bias
-    correction, per-layer errors, float fallback).
+    Returns the quantized ExportedProgram, the quantizer's details for the manifest (policy, bias correction,
+    per-layer errors, float fallback) and what fills in the per-layer table: it shapes nothing in the program,
+    so it may run after the program went to lowering (in a forked child), until then ``layer_errors`` is None.
     """
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -195,7 +198,6 @@ def _quantize_pt2e(
                 return pq.layer_errors(twin[0], q.converted, few, set(q.annotated), ref=twin[1])
 
             best, fallback = le.search(quantize, evaluate, layers, enabled=float_fallback and not dynamic)
-            rows = best.rows or layers(best.quantized)
             quantized = torch.export.export(
                 best.quantized.converted,
                 tuple(model.example_inputs),
@@ -215,25 +217,36 @@ def _quantize_pt2e(
             "missed": best.missed,
             "tolerances": tol,
         },
-        "layer_errors": le.table(rows, samples=min(len(samples), le.LAYER_SAMPLES), where="PT2E graph vs fp32"),
+        "layer_errors": None,  # tables()
     }
     if best.quantized.correction is not None:
         details["bias_correction"] = best.quantized.correction
     if fallback is not None:
-        by_name = {r.name: r for r in rows}
         kept = sorted(best.floats)
         details["float_fallback"] = {
             **fallback,
-            "layers": [
-                {"name": n, **({"module": by_name[n].module, "source": by_name[n].source, "op": by_name[n].op}
-                               if n in by_name else {})}
-                for n in kept
-            ],
+            "layers": [{"name": n} for n in kept],  # tables() adds where each is
             # int8 weights are 1 byte, float ones 4: each weight element kept in float costs 3 bytes
             "size_cost_bytes": 3 * pq.weight_elements(ep.module(), set(kept)),
             "size_cost_estimated": True,
-        }  # fmt: skip
-    return quantized, details
+        }
+
+    def tables() -> None:
+        try:
+            with torch.no_grad():
+                rows = best.rows or layers(best.quantized)
+        except Exception as e:
+            raise ExportError("executorch", f"{scheme} per-layer errors failed: {describe_failure(e)}") from e
+        details["layer_errors"] = le.table(
+            rows, samples=min(len(samples), le.LAYER_SAMPLES), where="PT2E graph vs fp32"
+        )
+        by_name = {r.name: r for r in rows}
+        for entry in details.get("float_fallback", {}).get("layers", []):
+            row = by_name.get(entry["name"])
+            if row is not None:
+                entry.update(module=row.module, source=row.source, op=row.op)
+
+    return quantized, details, tables
 
 
 def slices_for_xnnpack(gm: Any) -> Any:
@@ -351,10 +364,11 @@ class ExecuTorchExporter(Exporter):
         check_combination(self.name, scheme)
         ep = capture(model, self.name)
         quantizer: dict[str, Any] = {}
+        tables: Callable[[], None] = lambda: None  # noqa: E731 - fp32 has no per-layer table
         if scheme in ("int8", "int8-dynamic"):
             from packager.verify import tolerances_for
 
-            ep, quantizer = _quantize_pt2e(
+            ep, quantizer, tables = _quantize_pt2e(
                 model,
                 ep,
                 scheme,
@@ -369,6 +383,15 @@ class ExecuTorchExporter(Exporter):
 
         if overlap and can_fork():
             child = Forked(lambda: _lower(ep, model, scheme, out_dir, threads=1), name=f"mpk-lower-{scheme}")
+            try:
+                # here, while the child lowers: the table does not change the program. On one thread: the
+                # child holds the other core, and torch's OpenMP threads wait on each other at every op when
+                # one of them has no core (the table took 16 s instead of 3.5 on 2 cores)
+                with _torch_threads(1):
+                    tables()
+            except BaseException:
+                child.cancel()
+                raise
 
             def finish() -> ExportedArtifact:
                 try:
@@ -379,6 +402,7 @@ class ExecuTorchExporter(Exporter):
                     child.cancel()
 
             return Started(finish, running=True, done=child.done, cancel=child.cancel)
+        tables()
         return Started.now(artifact(_lower(ep, model, scheme, out_dir)))
 
     def _artifact(
@@ -416,6 +440,19 @@ class ExecuTorchExporter(Exporter):
 
     def open(self, path: Path, *, threads: int | None = None) -> HostSession:
         return ExecuTorchSession(path, threads=threads)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

@@ -376,7 +376,7 @@ def _notes(events: list[tuple[str, str]]) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
 def test_lowering_beside_the_next_artifact_writes_the_same_program(tmp_path: Path) -> None:
     """With ONNX after it, ExecuTorch int8 is lowered in a child process while ONNX builds; alone, in this one.
-    The .pte, its op map, delegation and op counts are the same bytes and numbers either way. (The ETRecord
+    The .pte, its op map, delegation, op counts and per-layer table are the same bytes and numbers either way. (The ETRecord
     differs between any two runs, in-process ones too: it stores zip times and graph ids.)"""
     events: list[tuple[str, str]] = []
     both = package(_tiny_recipe(tmp_path / "a", ("executorch", "onnx"), ("int8",)),
@@ -396,6 +396,9 @@ def test_lowering_beside_the_next_artifact_writes_the_same_program(tmp_path: Pat
                ((both, a), (alone, b))]  # fmt: skip
     assert members[0] == members[1] and "edge_dialect_exported_program/forward" in members[0]
     assert a["details"]["partitioner"] == b["details"]["partitioner"] == "XnnpackPartitioner"
+    # the per-layer table is measured here while the child lowers, and is the same table
+    assert a["details"]["layer_errors"]["worst"] and a["details"]["layer_errors"] == b["details"]["layer_errors"]
+    assert a["details"]["quantizer"] == b["details"]["quantizer"]
     assert a["verification"]["status"] == "passed" and a["verification"]["metrics"] == b["verification"]["metrics"]
 
 
