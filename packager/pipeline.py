@@ -199,6 +199,8 @@ def _build_all(
     finally:
         if waiting is not None:  # Ctrl-C, a full disk: nothing may keep running behind the user's back
             waiting[1].cancel()
+    order = {(j.backend, j.scheme): i for i, j in reversed(list(enumerate(jobs)))}
+    failures.sort(key=lambda f: order.get((f["backend"], f["scheme"]), len(jobs)))  # job order, as built is
     return [built[i] for i in sorted(built)]
 
 

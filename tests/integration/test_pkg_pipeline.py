@@ -376,8 +376,8 @@ def _notes(events: list[tuple[str, str]]) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
 def test_lowering_beside_the_next_artifact_writes_the_same_program(tmp_path: Path) -> None:
     """With ONNX after it, ExecuTorch int8 is lowered in a child process while ONNX builds; alone, in this one.
-    The .pte, its op map, delegation, op counts and per-layer table are the same bytes and numbers either way. (The ETRecord
-    differs between any two runs, in-process ones too: it stores zip times and graph ids.)"""
+    The .pte, its op map, delegation, op counts and per-layer table are the same bytes and numbers either way.
+    (The ETRecord differs between any two runs, in-process ones too: it stores zip times and graph ids.)"""
     events: list[tuple[str, str]] = []
     both = package(_tiny_recipe(tmp_path / "a", ("executorch", "onnx"), ("int8",)),
                    progress=lambda kind, text, dt: events.append((kind, text)))  # fmt: skip
@@ -475,3 +475,22 @@ def test_a_failure_that_stops_the_run_kills_the_lowering_child(tmp_path: Path, m
     assert "No space left" in str(info.value) or "disk full" in str(info.value), info.value
     assert multiprocessing.active_children() == []
     assert not (tmp_path / "pkg").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpk lowers in a forked child only on Linux")
+def test_failures_are_listed_in_recipe_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExecuTorch's failure is known only after ONNX's (its child is waited for last); the manifest still lists
+    them as the recipe orders the backends."""
+    import packager.export.executorch as et
+    from mpk.errors import ExportError
+    from packager.export.onnx import OnnxExporter
+
+    monkeypatch.setattr(et, "_lower", _lower_in_child_only(lambda: os.kill(os.getpid(), 9)))
+
+    class Refuses(OnnxExporter):
+        def export(self, *a, **k):
+            raise ExportError("onnx", "operator aten.wobble has no ONNX symbolic")
+
+    res = package(_tiny_recipe(tmp_path, ("executorch", "onnx"), ("none",)), exporters={"onnx": Refuses()})
+    assert [f["backend"] for f in res.failures] == ["executorch", "onnx"], res.failures
+    assert res.manifest["failures"] == res.failures and res.manifest["artifacts"] == []
