@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +44,24 @@ class BuiltArtifact:
 
 
 def start_build(
-    job: ArtifactJob, staging: Path, cache: Cache, background: Background, *, overlap: bool = False
+    job: ArtifactJob,
+    staging: Path,
+    cache: Cache,
+    background: Background,
+    *,
+    overlap: Callable[[], bool] | None = None,
 ) -> PendingBuild:
     """Begin building ``job`` into ``staging/<id>/`` (atomically, at :meth:`PendingBuild.finish`): a cache hit is
-    copied now, sha256 checked; a miss is exported, and with ``overlap`` the exporter may leave part of the
-    export running (``job.start``) until ``finish``."""
+    copied now, sha256 checked; a miss is exported, and when ``overlap()`` allows it (asked right before) the
+    exporter may leave part of the export running (``job.start``) until ``finish``."""
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.id}-", dir=staging))
     umask_mode(tmp)
     try:
         hit = cache.artifacts.get(job.key, tmp)
         if hit is not None:
             started = Started.now(hit.artifact)
-        elif overlap and job.start is not None:
-            started = job.start(tmp)
+        elif overlap is not None and job.start is not None:
+            started = job.start(tmp, overlap)
         else:
             started = Started.now(job.export(tmp))
     except BaseException:

@@ -164,14 +164,16 @@ def _build_all(
     """Build and verify every job; the built ones in job order, each with its verification.
 
     An exporter may leave part of its export running in a forked child (ExecuTorch's lowering, about half
-    of a cold EfficientNet-Lite0 package) while the next job builds and verifies here. At most one such
-    export runs at a time, and only when another job is left to overlap it; it is finished (and verified)
-    as soon as it is done, or after the last job.
+    of a cold EfficientNet-Lite0 package) while the next jobs build and verify here. It may fork only when
+    another job is left to overlap it and no earlier child still runs (asked right before it forks, so a
+    child that ended during this export's quantization frees the slot); each is finished (and verified) as
+    soon as it is done, or after the last job.
     """
     built: dict[int, tuple[BuiltArtifact, dict[str, Any]]] = {}
-    waiting: tuple[int, PendingBuild, float] | None = None  # the export left running, its job's index, deadline
+    waiting: list[tuple[int, PendingBuild, float]] = []  # exports left running: job index, build, deadline
 
     def complete(i: int, pending: PendingBuild, deadline: float) -> None:
+        waiting[:] = [w for w in waiting if w[1] is not pending]
         artifact = _recorded(
             pending.job, failures, steps, functools.partial(_finish, pending, deadline, steps, step_timeout)
         )
@@ -180,25 +182,27 @@ def _build_all(
 
     try:
         for i, job in enumerate(jobs):
-            if waiting is not None and waiting[1].done():
-                complete(*waiting)
-                waiting = None
-            overlap = waiting is None and i + 1 < len(jobs)
+            for w in [w for w in waiting if w[1].done()]:
+                complete(*w)
+            more = i + 1 < len(jobs)
+
+            def may_fork(more: bool = more) -> bool:
+                return more and all(w[1].done() for w in waiting)
+
             deadline = time.monotonic() + step_timeout if step_timeout else math.inf
-            start = functools.partial(_start, job, staging, cache, background, steps, overlap, step_timeout)
+            start = functools.partial(_start, job, staging, cache, background, steps, may_fork, step_timeout)
             pending = _recorded(job, failures, steps, start)
             if pending is None:
                 continue
             if pending.running:
-                waiting = (i, pending, deadline)
+                waiting.append((i, pending, deadline))
             else:
                 complete(i, pending, deadline)
-        if waiting is not None:
-            complete(*waiting)
-            waiting = None
+        while waiting:
+            complete(*waiting[0])
     finally:
-        if waiting is not None:  # Ctrl-C, a full disk: nothing may keep running behind the user's back
-            waiting[1].cancel()
+        for _, pending, _ in waiting:  # Ctrl-C, a full disk: nothing may keep running behind the user's back
+            pending.cancel()
     order = {(j.backend, j.scheme): i for i, j in reversed(list(enumerate(jobs)))}
     failures.sort(key=lambda f: order.get((f["backend"], f["scheme"]), len(jobs)))  # job order, as built is
     return [built[i] for i in sorted(built)]
@@ -210,7 +214,7 @@ def _start(
     cache: Cache,
     background: Background,
     steps: Steps,
-    overlap: bool,
+    overlap: Callable[[], bool],
     step_timeout: float | None,
 ) -> PendingBuild:
     with steps(f"export {job.id}"), time_limit(step_timeout, f"exporting {job.id}"):

@@ -77,7 +77,7 @@ class ArtifactJob:
     tolerance_scheme: str
     #: ``export`` begun, possibly leaving part of the work running beside the next artifact
     #: (:meth:`packager.export.base.Exporter.start_export`); None: this job only exports in one go
-    start: Callable[[Path], Started] | None = None
+    start: Callable[[Path, Callable[[], bool]], Started] | None = None
 
     @property
     def id(self) -> str:
@@ -476,10 +476,10 @@ class _ExportCall:
         exporter = exporter_for(self.backend, self.exporters, self.recipe)
         return exporter.export(self.shared.model_for_export(), self.scheme, self.calibration, folder)
 
-    def start(self, folder: Path) -> Started:
+    def start(self, folder: Path, overlap: Callable[[], bool]) -> Started:
         exporter = exporter_for(self.backend, self.exporters, self.recipe)
         model = self.shared.model_for_export()
-        return exporter.start_export(model, self.scheme, self.calibration, folder, overlap=True)
+        return exporter.start_export(model, self.scheme, self.calibration, folder, overlap=overlap)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

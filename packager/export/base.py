@@ -68,11 +68,17 @@ class Exporter(abc.ABC):
         """
 
     def start_export(
-        self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path, *, overlap: bool
+        self,
+        model: LoadedModel,
+        scheme: str,
+        calibration: Dataset | None,
+        out_dir: Path,
+        *,
+        overlap: Callable[[], bool],
     ) -> Started:
-        """:meth:`export`, begun. With ``overlap`` the exporter may leave Python-bound work running in a
-        forked child (:class:`packager.host.Forked`) so the pipeline builds the next artifact meanwhile; the
-        finished artifact is the same either way. The default does everything now."""
+        """:meth:`export`, begun. When ``overlap()`` (asked right before) says so, the exporter may leave
+        Python-bound work running in a forked child (:class:`packager.host.Forked`) so the pipeline builds the
+        next artifact meanwhile; the finished artifact is the same either way. The default does everything now."""
         return Started.now(self.export(model, scheme, calibration, out_dir))
 
     @abc.abstractmethod

@@ -352,13 +352,19 @@ class ExecuTorchExporter(Exporter):
         self.bias_correction = bias_correction
 
     def export(self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path) -> ExportedArtifact:
-        return self.start_export(model, scheme, calibration, out_dir, overlap=False).finish()
+        return self.start_export(model, scheme, calibration, out_dir, overlap=lambda: False).finish()
 
     def start_export(
-        self, model: LoadedModel, scheme: str, calibration: Dataset | None, out_dir: Path, *, overlap: bool
+        self,
+        model: LoadedModel,
+        scheme: str,
+        calibration: Dataset | None,
+        out_dir: Path,
+        *,
+        overlap: Callable[[], bool],
     ) -> Started:
         """Capture and quantize here; lower (edge -> XNNPACK -> ``.pte``: a single-threaded Python half-minute
-        for EfficientNet-Lite0) in a forked child when ``overlap`` and the host can (:func:`can_fork`), so
+        for EfficientNet-Lite0) in a forked child when the host can (:func:`can_fork`) and ``overlap()``, so
         the next artifact builds meanwhile. The child lowers the same program object, so the bytes are
         the same as lowering here."""
         check_combination(self.name, scheme)
@@ -381,7 +387,7 @@ class ExecuTorchExporter(Exporter):
         def artifact(lowered: _Lowered) -> ExportedArtifact:
             return self._artifact(model, scheme, calibration, quantizer, lowered)
 
-        if overlap and can_fork():
+        if can_fork() and overlap():
             child = Forked(lambda: _lower(ep, model, scheme, out_dir, threads=1), name=f"mpk-lower-{scheme}")
             try:
                 # here, while the child lowers: the table does not change the program. On one thread: the

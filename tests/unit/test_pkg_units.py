@@ -407,3 +407,54 @@ def test_cpu_fingerprint_names_the_simd_features() -> None:
     assert fp.split(":")[0]  # the machine
     if Path("/proc/cpuinfo").is_file() and "avx2" in Path("/proc/cpuinfo").read_text():
         assert "avx2" in fp
+
+
+def test_a_child_that_ended_during_the_next_export_frees_the_slot(tmp_path: Path) -> None:
+    """The pipeline's scheduling, with stand-in exports (no torch, no child processes): each job asks right before
+    it would fork. Job a forks; job b's quantization outlasts a's child, so b may fork too; job c may not (b still
+    runs); the last job never may (nothing is left to overlap it). Artifacts come back in job order."""
+    from packager.cache import Cache
+    from packager.export.base import Started
+    from packager.host import Background
+    from packager.output import staged
+    from packager.pipeline import _build_all
+    from packager.stages import ArtifactJob, Steps
+    from packager.types import ExportedArtifact, ModelInfo
+
+    info = ModelInfo(name="m", inputs=[], outputs=[], source={"kind": "test"}, sha256="0" * 64)
+    ended: dict[str, bool] = {}
+    answers: dict[str, bool] = {}
+
+    def job(name: str, ends_before: str | None = None) -> ArtifactJob:
+        def export(folder: Path) -> ExportedArtifact:
+            (folder / f"{name}.bin").write_bytes(name.encode())
+            return ExportedArtifact(backend=name, scheme="fp32", path=folder / f"{name}.bin")
+
+        def start(folder: Path, overlap) -> Started:
+            art = export(folder)
+            if ends_before:
+                ended[ends_before] = True  # that job's child finished while this one quantized
+            answers[name] = overlap()
+            if not answers[name]:
+                return Started.now(art)
+            ended.setdefault(name, False)
+            return Started(lambda: art, running=True, done=lambda: ended[name])
+
+        return ArtifactJob(backend=name, scheme="fp32", key=name, export=export, model=info,
+                           tolerance_scheme="fp32", start=start)  # fmt: skip
+
+    jobs = [job("a"), job("b", ends_before="a"), job("c"), job("d", ends_before="b")]
+    verified: list[str] = []
+    failures: list[dict[str, str]] = []
+
+    def verify(b) -> dict[str, str]:
+        verified.append(b.job.backend)
+        return {"status": "passed"}
+
+    with staged(tmp_path / "pkg", False) as staging:
+        cache = Cache(enabled=False, sha256=lambda p: "x")
+        built = _build_all(jobs, staging, cache, Background(), Steps(None), failures, verify, None)
+        assert [b.job.backend for b, _ in built] == ["a", "b", "c", "d"] and failures == []
+        assert all(b.artifact.path.read_bytes() == b.job.backend.encode() for b, _ in built)
+    assert answers == {"a": True, "b": True, "c": False, "d": False}
+    assert sorted(verified) == ["a", "b", "c", "d"] and verified.index("a") < verified.index("c")
