@@ -93,10 +93,8 @@ class Forked:
                 code = self._proc.exitcode
                 why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 raise ChildFailed(f"the child process ended without a result ({why})") from None
-            finally:
-                if self._result is not None:
-                    self._proc.join()
-                    self._recv.close()
+            self._proc.join()
+            self._recv.close()
         ok, value = self._result
         if ok:
             return value

@@ -473,8 +473,7 @@ class _ExportCall:
         self.recipe, self.exporters, self.shared = recipe, exporters, shared
 
     def __call__(self, folder: Path) -> ExportedArtifact:
-        exporter = exporter_for(self.backend, self.exporters, self.recipe)
-        return exporter.export(self.shared.model_for_export(), self.scheme, self.calibration, folder)
+        return self.start(folder, overlap=lambda: False).finish()
 
     def start(self, folder: Path, overlap: Callable[[], bool]) -> Started:
         exporter = exporter_for(self.backend, self.exporters, self.recipe)
